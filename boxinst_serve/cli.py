@@ -1,0 +1,189 @@
+"""The `boxinst` command: one entry point with verbs. Heavy modules (torch, training, export) are
+imported inside each verb so that `boxinst --help` and the light client stay fast."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '800x1333' -> (800, 1333) as H x W."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from training.shapes import make_shapes
+
+    info = make_shapes(args.out, args.num_images, seed=args.seed, size=args.size, val_fraction=args.val_fraction)
+    print(f"wrote {info['num_train']} train and {info['num_val']} val images: {info['train']}, {info['val']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from boxinst_serve.config import preset
+    from training.config import LossConfig, TrainConfig
+    from training.trainer import train
+
+    loss = LossConfig(supervision=args.supervision, box_loss=args.box_loss,
+                      pairwise_color_thresh=args.tau, topk_proposals_per_image=args.topk_proposals)
+    overrides = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                 "num_workers": args.workers, "clip_grad_norm": args.clip_grad, "amp": not args.no_amp}
+    if args.min_sizes:
+        overrides["min_sizes"] = args.min_sizes
+    if args.max_size:
+        overrides["max_size"] = args.max_size
+    if args.checkpoint_period:
+        overrides["checkpoint_period"] = args.checkpoint_period
+    if args.warmup_iters is not None:
+        overrides["warmup_iters"] = args.warmup_iters
+    if args.log_period:
+        overrides["log_period"] = args.log_period
+    train_cfg = TrainConfig.scaled(args.iters, loss=loss, **overrides)
+    if args.pairwise_warmup_iters is not None:
+        train_cfg.loss.pairwise_warmup_iters = args.pairwise_warmup_iters
+    model_cfg = preset(args.config)
+    if args.min_size_test:
+        model_cfg = model_cfg.replace(min_size_test=args.min_size_test)
+    if args.max_size_test:
+        model_cfg = model_cfg.replace(max_size_test=args.max_size_test)
+    final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=args.resume,
+                  device=args.device, pretrained_backbone=args.pretrained_backbone, progress=not args.quiet)
+    print(f"checkpoint: {final}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate, format_table
+
+    report = evaluate(args.checkpoint, args.data, args.images, args.json, device=args.device,
+                      progress=not args.quiet)
+    print(format_table(report))
+    if args.json:
+        print(f"metrics and predictions: {args.json}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from boxinst_serve.config import preset
+    from boxinst_serve.model import build_model
+    from boxinst_serve.model.postprocess import InferenceModel
+
+    cfg = preset(args.config, num_classes=args.num_classes)
+    model = build_model(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    h, w = args.size
+    x = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    flops = counter.get_total_flops()
+    info = {"config": cfg.name, "parameters": params, "input": [h, w], "gflops": flops / 1e9,
+            "controller_params": cfg.num_controller_params}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{cfg.name}: {params / 1e6:.2f} M parameters, {flops / 1e9:.1f} GFLOPs at {h}x{w} "
+              f"(network without post-processing; 1 multiply-add = 2 FLOPs), "
+              f"controller outputs {cfg.num_controller_params} parameters per instance")
+    _ = InferenceModel
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("make-shapes", help="write the synthetic shapes set (COCO json + PNGs)")
+    s.add_argument("out")
+    s.add_argument("--num-images", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=320, help="image side in pixels")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.set_defaults(func=cmd_make_shapes)
+
+    s = sub.add_parser("train", help="train BoxInst from a COCO json")
+    s.add_argument("--data", required=True, help="COCO json with boxes (segmentations optional)")
+    s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
+    s.add_argument("--config", default="r50_fpn", help="model preset: r50_fpn, r101_fpn, lite")
+    s.add_argument("--iters", type=int, default=90000)
+    s.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
+    s.add_argument("--batch-size", type=int, default=16, help="images per iteration, all processes together")
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--warmup-iters", type=int, default=None, help="default: 1000 scaled to --iters/90000")
+    s.add_argument("--pairwise-warmup-iters", type=int, default=None,
+                   help="default: 10000 scaled to --iters/90000")
+    s.add_argument("--supervision", default="box", choices=("box", "mask", "mixed"))
+    s.add_argument("--box-loss", default="boxinst", choices=("boxinst", "projection", "filled_box"),
+                   help="loss for instances without masks (ablations: projection only, filled box)")
+    s.add_argument("--tau", type=float, default=0.3, help="pairwise colour-similarity threshold")
+    s.add_argument("--topk-proposals", type=int, default=64, help="mask-loss instances per image")
+    s.add_argument("--min-sizes", type=_ints, default=None, help="training short sides, e.g. 640,672,704")
+    s.add_argument("--max-size", type=int, default=None)
+    s.add_argument("--min-size-test", type=int, default=None)
+    s.add_argument("--max-size-test", type=int, default=None)
+    s.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clip (0: off)")
+    s.add_argument("--checkpoint-period", type=int, default=None)
+    s.add_argument("--log-period", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    s.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    s.add_argument("--pretrained-backbone", default=None, help="torchvision ResNet state-dict file")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="COCO bbox and mask AP of a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--images", default=None)
+    s.add_argument("--json", default=None, help="write metrics and predictions here")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("info", help="parameter count and GFLOPs of a preset")
+    s.add_argument("--config", default="r50_fpn")
+    s.add_argument("--size", type=_size, default=(800, 1344), help="input HxW (multiples of 32)")
+    s.add_argument("--num-classes", type=int, default=80)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"boxinst {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"boxinst {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Model and inference configuration: the one source of truth for every architectural fact.
+
+`ModelConfig` is saved inside every checkpoint (as a plain dict) and into the ONNX metadata, and
+read back from there by every other part. Presets are plain functions (`r50_fpn`, `r101_fpn`,
+`lite`) collected in `PRESETS`; no registry, no string-to-class magic beyond that one dict.
+
+This module imports only the standard library so that light clients can use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTRACT_VERSION = "1"
+
+# Names of the network contract (DESIGN.md, "Network contract"): torch module, ONNX graph and
+# TensorRT engine all use these.
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and inference defaults of a CondInst/BoxInst model (SPEC.md, "Network")."""
+
+    name: str = "r50_fpn"
+    # Backbone: torchvision ResNet depth 18/34/50/101.
+    backbone_depth: int = 50
+    # "frozen_bn" (release default, ImageNet-initialised backbones) or "bn" (trainable BatchNorm,
+    # for backbones trained from scratch such as `lite`).
+    backbone_norm: str = "frozen_bn"
+    # Number of backbone stages frozen: 2 = stem and res2 (release default), 0 = nothing frozen.
+    freeze_at: int = 2
+    fpn_channels: int = 256
+    # FCOS head: shared towers of `head_num_convs` x (3x3 conv, GroupNorm, ReLU).
+    head_channels: int = 256
+    head_num_convs: int = 4
+    head_gn_groups: int = 32
+    num_classes: int = 80
+    class_names: list[str] = field(default_factory=list)
+    # FPN levels P3..P7.
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    # Regression ranges of the levels: P3 [0, 64], P4 [64, 128], ..., P7 [512, inf).
+    level_size_bounds: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0)
+    # Relative-coordinate normalisers of the levels (CondInst "sizes of interest").
+    sizes_of_interest: tuple[float, ...] = (64.0, 128.0, 256.0, 512.0, 1024.0)
+    center_sample_radius: float = 1.5
+    # Mask branch on P3..P5.
+    mask_branch_channels: int = 128
+    mask_branch_num_convs: int = 4
+    mask_branch_out_channels: int = 16
+    # Dynamic mask head: `mask_head_layers` 1x1 convs, `mask_head_channels` hidden, 1 output.
+    mask_head_channels: int = 8
+    mask_head_layers: int = 3
+    mask_out_stride: int = 4
+    # Input normalisation (RGB, 0..255 scale), applied inside the graph.
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    pixel_std: tuple[float, float, float] = IMAGENET_STD_RGB
+    size_divisibility: int = 32
+    # Test-time resize: shorter side, capped longer side.
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    # Inference thresholds (SPEC.md, "Inference").
+    score_thresh: float = 0.05
+    thresh_with_ctr: bool = True
+    pre_nms_topk: int = 1000
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    mask_threshold: float = 0.5
+
+    # ---- derived facts -------------------------------------------------------------------
+    @property
+    def mask_head_in_channels(self) -> int:
+        """Mask-branch features plus the two relative-coordinate channels."""
+        return self.mask_branch_out_channels + 2
+
+    @property
+    def mask_head_weight_nums(self) -> list[int]:
+        c, h = self.mask_head_in_channels, self.mask_head_channels
+        nums = []
+        for layer in range(self.mask_head_layers):
+            cin = c if layer == 0 else h
+            cout = 1 if layer == self.mask_head_layers - 1 else h
+            nums.append(cin * cout)
+        return nums
+
+    @property
+    def mask_head_bias_nums(self) -> list[int]:
+        h = self.mask_head_channels
+        return [1 if i == self.mask_head_layers - 1 else h for i in range(self.mask_head_layers)]
+
+    @property
+    def num_controller_params(self) -> int:
+        """Output channels of the controller (233 for 18 -> 8 -> 8 -> 1)."""
+        return sum(self.mask_head_weight_nums) + sum(self.mask_head_bias_nums)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.strides)
+
+    @property
+    def mask_branch_stride(self) -> int:
+        return self.strides[0]
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; is this checkpoint from a newer version?")
+        kwargs = {}
+        for k, v in d.items():
+            default = getattr(cls(), k)
+            kwargs[k] = tuple(v) if isinstance(default, tuple) else v
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def r50_fpn(num_classes: int = 80) -> ModelConfig:
+    """The paper's BoxInst R-50-FPN (release defaults)."""
+    return ModelConfig(name="r50_fpn", backbone_depth=50, num_classes=num_classes)
+
+
+def r101_fpn(num_classes: int = 80) -> ModelConfig:
+    """The paper's BoxInst R-101-FPN (release defaults)."""
+    return ModelConfig(name="r101_fpn", backbone_depth=101, num_classes=num_classes)
+
+
+def lite(num_classes: int = 80) -> ModelConfig:
+    """ResNet-18 with a narrower FPN/head, trainable BatchNorm: for CPUs, tests and the demo."""
+    return ModelConfig(
+        name="lite",
+        backbone_depth=18,
+        backbone_norm="bn",
+        freeze_at=0,
+        fpn_channels=64,
+        head_channels=64,
+        head_num_convs=2,
+        head_gn_groups=16,
+        num_classes=num_classes,
+        mask_branch_channels=64,
+        mask_branch_num_convs=2,
+        min_size_test=384,
+        max_size_test=640,
+    )
+
+
+PRESETS = {"r50_fpn": r50_fpn, "r101_fpn": r101_fpn, "lite": lite}
+
+
+def preset(name: str, num_classes: int = 80) -> ModelConfig:
+    """Build a preset by name; the error lists the valid names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](num_classes=num_classes)
+
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Shape after scaling the shorter side to `min_size` with the longer side capped at `max_size`
+    (detectron2's ResizeShortestEdge). Returns (new_h, new_w)."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return int(round(height * scale)), int(round(width * scale))
+
+
+def padded_size(size: int, divisibility: int) -> int:
+    """Smallest multiple of `divisibility` >= size."""
+    return (size + divisibility - 1) // divisibility * divisibility

@@ -1,0 +1,1 @@
+"""Training code for boxinst-serve (losses, targets, training loop)."""

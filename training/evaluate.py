@@ -1,0 +1,89 @@
+"""COCO evaluation (pycocotools bbox and segm AP) of a checkpoint on a COCO json."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from boxinst_serve.checkpoint import load_model
+from boxinst_serve.model.postprocess import InferenceModel
+from boxinst_serve.postprocess import to_instances
+from boxinst_serve.preprocess import prepare_batch, read_image
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
+    """AP figures (in percent) of predictions against gt; all zero when there are no predictions."""
+    if not predictions:
+        return {k: 0.0 for k in METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(predictions)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(max(v, 0.0) * 100) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+
+
+@torch.no_grad()
+def predict_dataset(model, data_json: str, images_dir: str | None = None, batch_size: int = 1,
+                    progress: bool = True, device: str = "cpu") -> tuple[COCO, list[dict[str, Any]]]:
+    """Run the model on every image of a COCO json; returns (gt COCO, COCO results list)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(data_json)
+    images_dir = Path(images_dir) if images_dir else Path(data_json).parent / "images"
+    cfg = model.cfg
+    category_ids = sorted(gt.getCatIds())
+    net = InferenceModel(model).eval()
+    image_ids = sorted(gt.getImgIds())
+    results: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(image_ids), batch_size), desc="eval", disable=not progress):
+        ids = image_ids[start:start + batch_size]
+        images = [read_image(images_dir / gt.imgs[i]["file_name"]) for i in ids]
+        batch, metas = prepare_batch(images, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+        out = net(torch.from_numpy(batch).to(device))
+        out = {name: t.cpu().numpy() for name, t in zip(("num_detections", "boxes", "scores", "classes", "masks"), out)}
+        for k, image_id in enumerate(ids):
+            inst = to_instances(out, k, metas[k], cfg.mask_out_stride, cfg.mask_threshold)
+            results.extend(inst.to_coco(image_id, category_ids))
+    return gt, results
+
+
+def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, json_out: str | None = None,
+             device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint: {"bbox": {...}, "segm": {...}} in percent; optionally written to
+    json_out (atomically) together with the predictions."""
+    model = load_model(checkpoint, device)
+    gt, results = predict_dataset(model, data_json, images_dir, progress=progress, device=device)
+    report = {"checkpoint": str(checkpoint), "data": str(data_json), "num_images": len(gt.getImgIds()),
+              "bbox": coco_metrics(gt, results, "bbox"), "segm": coco_metrics(gt, results, "segm")}
+    if json_out:
+        write_json_atomic({**report, "predictions": results}, json_out)
+    return report
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = ["| task | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---|" * len(METRIC_NAMES)]
+    for task in ("bbox", "segm"):
+        lines.append(f"| {task} | " + " | ".join(f"{report[task][k]:.1f}" for k in METRIC_NAMES) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""The training loop: SGD with warm-up and steps, AMP on CUDA, gradient clipping, non-finite
+guard, tqdm progress, metrics.jsonl, atomic checkpoints, exact resume, and data parallelism
+through torchrun (gloo on CPU, nccl on CUDA)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from boxinst_serve.checkpoint import load_checkpoint, save_atomic
+from boxinst_serve.config import ModelConfig
+from boxinst_serve.model import build_model
+from training.config import TrainConfig
+from training.criterion import compute_losses
+from training.data import CocoBoxDataset, collate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group that torchrun describes in the environment (if any)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class IterationBatchSampler(Sampler):
+    """Yields, for iterations start..iters-1, this process's list of (dataset index, augmentation
+    seed). The batch of iteration i is a pure function of (seed, i, rank): resuming at iteration i
+    replays exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, num_items: int, batch_per_process: int, iters: int, start_iter: int,
+                 seed: int, rank: int, world_size: int):
+        self.n, self.b, self.iters, self.start = num_items, batch_per_process, iters, start_iter
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self._perm_epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        keys = []
+        for k in range(self.b):
+            g = (iteration * self.world + self.rank) * self.b + k
+            epoch, pos = divmod(g, self.n)
+            keys.append((int(self._permutation(epoch)[pos]), int(self.seed * 1_000_003 + g)))
+        return keys
+
+    def __iter__(self):
+        for i in range(self.start, self.iters):
+            yield self.batch(i)
+
+    def __len__(self) -> int:
+        return max(0, self.iters - self.start)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD; no weight decay on normalisation layers (detectron2's WEIGHT_DECAY_NORM = 0)."""
+    norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)
+    decay, no_decay = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (no_decay if isinstance(module, norm_types) else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+
+
+def parameter_checksum(model: nn.Module) -> float:
+    """A float fingerprint of all parameters and buffers (for the replicas-identical check)."""
+    with torch.no_grad():
+        return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in model.state_dict().values()
+                         if t.is_floating_point()))
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
+          images_dir: str | None = None, resume: bool = False, device: str = "auto",
+          pretrained_backbone: str | None = None, progress: bool = True) -> Path:
+    """Train and return the path of the final checkpoint (`out_dir/final.pt`)."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    info = init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(train_cfg.seed)
+
+    dataset = CocoBoxDataset(data_json, images_dir, supervision=train_cfg.loss.supervision,
+                             min_sizes=train_cfg.min_sizes, max_size=train_cfg.max_size,
+                             flip_prob=train_cfg.flip_prob)
+    if len(dataset) == 0:
+        raise ValueError(f"'{data_json}' has no images to train on")
+    model_cfg = model_cfg.replace(num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
+
+    start_iter = 0
+    ckpt = None
+    last = out / "last.pt"
+    if resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint '{last}' to resume from")
+        ckpt = load_checkpoint(last)
+        model_cfg = ckpt["model_config"]
+        train_cfg = TrainConfig.from_dict(ckpt["train_config"])
+        start_iter = int(ckpt["iteration"])
+
+    model = build_model(model_cfg)
+    if pretrained_backbone and ckpt is None:
+        state = torch.load(pretrained_backbone, map_location="cpu", weights_only=True)
+        missing = model.backbone.load_backbone_weights(state)
+        log.info("loaded backbone weights from %s (%d missing keys)", pretrained_backbone, len(missing))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(dev).train()
+    optimizer = build_optimizer(model, train_cfg)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    ddp_model = model
+    if info.world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
+
+    if train_cfg.batch_size % info.world_size:
+        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} processes")
+    sampler = IterationBatchSampler(len(dataset), train_cfg.batch_size // info.world_size, train_cfg.iters,
+                                    start_iter, train_cfg.seed, info.rank, info.world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train_cfg.num_workers,
+                        persistent_workers=False)
+    use_amp = train_cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def checkpoint(iteration: int, path: Path) -> None:
+        if info.is_main:
+            save_atomic({"model": model.state_dict(), "model_config": model_cfg.to_dict(),
+                         "train_config": train_cfg.to_dict(), "optimizer": optimizer.state_dict(),
+                         "iteration": iteration}, path)
+
+    metrics_path = out / "metrics.jsonl"
+    if info.is_main:
+        (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
+                                                    indent=2))
+        log.info("training %s on %d images (%s), iterations %d..%d, %d process(es), device %s",
+                 model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, info.world_size, dev)
+    bar = tqdm(total=train_cfg.iters, initial=start_iter, disable=not (progress and info.is_main),
+               desc="train", dynamic_ncols=True)
+    nonfinite = 0
+    t_last = time.perf_counter()
+    iteration = start_iter
+    for batch in loader:
+        for g in optimizer.param_groups:
+            g["lr"] = train_cfg.lr * train_cfg.lr_factor(iteration)
+        images = batch["images"].to(dev, non_blocking=True)
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            outputs = ddp_model(images)
+        batch["images"] = images
+        losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration)
+        loss = sum(losses.values())
+
+        finite = torch.tensor([float(torch.isfinite(loss))], device=dev)
+        if info.world_size > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            nonfinite += 1
+            log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", iteration,
+                        {k: float(v) for k, v in losses.items()}, nonfinite)
+            optimizer.zero_grad(set_to_none=True)
+            if nonfinite >= train_cfg.max_nonfinite:
+                raise RuntimeError(f"{nonfinite} non-finite losses in a row at iteration {iteration}: "
+                                   "training diverged (lower --lr, or check the data)")
+        else:
+            nonfinite = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if train_cfg.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        iteration += 1
+        bar.update(1)
+        if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
+            now = time.perf_counter()
+            record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
+                      "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+                      "s_per_iter": (now - t_last) / train_cfg.log_period}
+            t_last = now
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if info.is_main:
+                _append_jsonl(metrics_path, record)
+        if iteration % train_cfg.checkpoint_period == 0 and iteration < train_cfg.iters:
+            checkpoint(iteration, last)
+    bar.close()
+
+    final = out / "final.pt"
+    checkpoint(iteration, last)
+    checkpoint(iteration, final)
+    if info.world_size > 1:
+        sums = [None] * info.world_size
+        dist.all_gather_object(sums, parameter_checksum(model))
+        identical = all(s == sums[0] for s in sums)
+        if info.is_main:
+            _append_jsonl(metrics_path, {"iteration": iteration, "replica_checksums": sums,
+                                         "replicas_identical": identical})
+        dist.barrier()
+        dist.destroy_process_group()
+        if not identical:
+            raise RuntimeError(f"data-parallel replicas diverged: checksums {sums}")
+    return final
