@@ -95,10 +95,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def parameter_checksum(model: nn.Module) -> float:
-    """A float fingerprint of all parameters and buffers (for the replicas-identical check)."""
+    """A float fingerprint of the parameters (for the replicas-identical check). BatchNorm running
+    statistics are left out: DDP broadcasts them from rank 0 before each forward, so they differ
+    after the last one, and only rank 0's are saved."""
     with torch.no_grad():
-        return float(sum(t.double().sum() + (t.double() ** 2).sum() for t in model.state_dict().values()
-                         if t.is_floating_point()))
+        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in model.parameters()))
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
