@@ -108,6 +108,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from boxinst_serve.engines import load_engine
+    from boxinst_serve.segment import collect_images, segment_paths
+
+    paths = collect_images(args.inputs)
+    if args.coco:
+        coco = json.loads(Path(args.coco).read_text())
+        folder = Path(args.coco).parent / "images"
+        paths += [folder / im["file_name"] for im in coco["images"]][: args.limit or None]
+    if not paths:
+        raise ValueError("no images given (pass files, folders or --coco JSON)")
+    engine = load_engine(args.model, device=args.device)
+    report = segment_paths(engine, paths, args.out, score_thresh=args.score_thresh, overlays=not args.no_overlays,
+                           progress=not args.quiet)
+    print(f"segmented {report.processed} image(s), {report.instances} instance(s) with score >= "
+          f"{args.score_thresh}; overlays and {report.results_json}")
+    for path, err in report.failed:
+        print(f"failed: {path}: {err}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -161,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
+    s.add_argument("inputs", nargs="*", help="image files or folders")
+    s.add_argument("--model", required=True, help="checkpoint (.pt)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--coco", default=None, help="also segment the images listed in this COCO json")
+    s.add_argument("--limit", type=int, default=0, help="at most this many images from --coco")
+    s.add_argument("--score-thresh", type=float, default=0.3, help="drawn/counted instances")
+    s.add_argument("--no-overlays", action="store_true")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("info", help="parameter count and GFLOPs of a preset")
     s.add_argument("--config", default="r50_fpn")

@@ -149,6 +149,11 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         self.image_ids: list[int] = [r.image_id for r in self._records]
         self._log_drops()
 
+    def missing_files(self) -> list[str]:
+        """Full paths of the image files that do not exist (a cheap check before training)."""
+        paths = (os.path.abspath(os.path.join(self.images_dir, r.file_name)) for r in self._records)
+        return [p for p in paths if not os.path.isfile(p)]
+
     # ---- parsing ---------------------------------------------------------------------------
     def _drop(self, reason: str) -> None:
         self.num_dropped[reason] = self.num_dropped.get(reason, 0) + 1

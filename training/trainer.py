@@ -127,6 +127,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                              flip_prob=train_cfg.flip_prob)
     if len(dataset) == 0:
         raise ValueError(f"'{data_json}' has no images to train on")
+    missing = dataset.missing_files()
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image file(s) of '{data_json}' not found, e.g. {missing[:3]} "
+                                "(set --images to the image folder)")
     model_cfg = model_cfg.replace(num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
 
     start_iter = 0

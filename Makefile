@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BOXINST := $(VENV)/bin/boxinst
+DEMO := outputs/demo
+# torch/torchvision pinned to the releases this project is developed and tested with.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-fast demo ablation clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[full,dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: install
+	$(BOXINST) make-shapes $(DEMO)/shapes --num-images 300 --seed 0 --size 192
+	$(BOXINST) train --data $(DEMO)/shapes/train.json --config lite --iters 800 --batch-size 4 \
+		--min-sizes 160,192,224 --max-size 320 --min-size-test 192 --workers 1 --out $(DEMO)/run
+	$(BOXINST) eval --checkpoint $(DEMO)/run/final.pt --data $(DEMO)/shapes/val.json --json $(DEMO)/eval.json
+	$(BOXINST) segment --coco $(DEMO)/shapes/val.json --limit 12 --model $(DEMO)/run/final.pt --out $(DEMO)/overlays
+	@echo ""
+	@echo "demo outputs:"
+	@echo "  checkpoint        $(DEMO)/run/final.pt  (training log: $(DEMO)/run/metrics.jsonl)"
+	@echo "  mask/box AP       $(DEMO)/eval.json"
+	@echo "  overlays          $(DEMO)/overlays/*.png  (COCO results: $(DEMO)/overlays/results.json)"
+
+# The paper's Table-1 style ablation on the shapes set (docs/results.md); about an hour on 2 cores.
+ablation: install
+	$(PY) -m training.ablation --out outputs/ablation
+
+clean:
+	rm -rf outputs
