@@ -36,7 +36,7 @@ CATEGORIES: list[dict[str, Any]] = [
 MIN_VISIBLE_FRACTION = 0.4
 MIN_VISIBLE_AREA = 64
 MAX_OBJECTS = 6
-SIZE_RANGE = (0.08, 0.45)
+SIZE_RANGE = (0.12, 0.5)
 MIN_COLOUR_DISTANCE = 40.0  # CIE76 delta E between object colour and local background mean
 _PLACEMENT_TRIES = 8
 _SUBPIXEL_SHIFT = 4  # cv2 fractional bits for polygon vertices
@@ -157,7 +157,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(40.0, 215.0, 3).astype(np.float32)
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = base
-    for cells, amplitude in ((int(rng.integers(2, 6)), rng.uniform(15.0, 40.0)), (int(rng.integers(8, 17)), rng.uniform(4.0, 12.0))):
+    for cells, amplitude in ((int(rng.integers(2, 5)), rng.uniform(8.0, 20.0)), (int(rng.integers(8, 17)), rng.uniform(0.5, 2.0))):
         grid = rng.normal(0.0, 1.0, (cells, cells, 3)).astype(np.float32)
         img += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC) * np.float32(amplitude)
     return img
@@ -176,7 +176,7 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, rng: np.random
     """Paint `colour` with a soft linear shading gradient into `img` where `mask` is set."""
     ys, xs = np.nonzero(mask)
     direction = rng.uniform(0.0, 2 * np.pi)
-    amplitude = rng.uniform(8.0, 25.0)
+    amplitude = rng.uniform(4.0, 12.0)
     ramp = ((xs - cx) * np.cos(direction) + (ys - cy) * np.sin(direction)) / max(diameter, 1.0)
     img[ys, xs] = colour[None, :] + (amplitude * ramp)[:, None].astype(np.float32)
 
@@ -222,7 +222,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
         full.append(area)
         categories.append(int(cat["id"]))
         owner[m] = len(categories) - 1
-    img += rng.normal(0.0, rng.uniform(2.0, 5.0), img.shape).astype(np.float32)
+    img += rng.normal(0.0, rng.uniform(1.0, 3.0), img.shape).astype(np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
 
     instances = []
