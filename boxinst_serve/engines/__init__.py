@@ -37,11 +37,20 @@ def check_images(images: np.ndarray, divisibility: int) -> None:
 
 
 def load_engine(path: str | os.PathLike, device: str = "cpu", **kwargs) -> Engine:
-    """Choose the engine by file type: .pt checkpoint -> TorchEngine."""
+    """Choose the engine by file type: .pt checkpoint -> TorchEngine, .onnx -> OnnxRuntimeEngine,
+    .plan/.engine -> TensorRTEngine. `device` "cuda" picks the GPU where the runtime has one."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
         from boxinst_serve.engines.torch_engine import TorchEngine
 
         return TorchEngine(path, device=device, **kwargs)
-    raise ValueError(f"don't know how to run '{path}': expected a .pt checkpoint")
+    if suffix == ".onnx":
+        from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(path, provider="cuda" if device.startswith("cuda") else "cpu", **kwargs)
+    if suffix in (".plan", ".engine"):
+        from boxinst_serve.engines.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine(path, **kwargs)
+    raise ValueError(f"don't know how to run '{path}': expected a .pt checkpoint, .onnx model or .plan engine")

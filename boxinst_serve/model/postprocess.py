@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms
 
 from boxinst_serve.config import OUTPUT_NAMES, ModelConfig
 from boxinst_serve.model.condinst import CondInst, HeadOutputs
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
 from boxinst_serve.model.layers import compute_locations
+from boxinst_serve.model.nms import batched_nms
 
 
 def flatten_outputs(out: HeadOutputs, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -42,78 +42,89 @@ def flatten_outputs(out: HeadOutputs, cfg: ModelConfig) -> dict[str, torch.Tenso
     }
 
 
-def _candidates(flat: dict[str, torch.Tensor], b: int, cfg: ModelConfig, image_hw: tuple[int, int]):
-    """Thresholded, per-level top-k candidates of image b.
-    Returns (boxes [M, 4], scores [M], classes [M], locations [M, 2], levels [M], params [M, P])."""
-    cls_prob = flat["cls_logits"][b].sigmoid()  # [L, C]
-    ctr = flat["centerness"][b].sigmoid()  # [L]
-    tested = cls_prob * ctr[:, None] if cfg.thresh_with_ctr else cls_prob
-    num_classes = cls_prob.shape[1]
-    picked = []
-    for level in range(cfg.num_levels):
-        idx_level = (flat["levels"] == level).nonzero().squeeze(1)
-        s = tested[idx_level].flatten()
-        k = min(cfg.pre_nms_topk, s.numel())
-        top_s, top_i = s.topk(k)
-        top_i = top_i[top_s > cfg.score_thresh]
-        picked.append(idx_level[top_i // num_classes] * num_classes + top_i % num_classes)
-    flat_idx = torch.cat(picked)
-    loc_idx, classes = flat_idx // num_classes, flat_idx % num_classes
-    locations = flat["locations"][loc_idx]
-    reg = flat["bbox_reg"][b, loc_idx] * flat["strides"][loc_idx, None]
-    boxes = torch.stack([locations[:, 0] - reg[:, 0], locations[:, 1] - reg[:, 1],
-                         locations[:, 0] + reg[:, 2], locations[:, 1] + reg[:, 3]], dim=1)
-    h, w = image_hw
-    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                         boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-    scores = torch.sqrt(cls_prob[loc_idx, classes] * ctr[loc_idx])
-    return boxes, scores, classes, locations, flat["levels"][loc_idx], flat["controller"][b, loc_idx]
+def _level_candidates(out: HeadOutputs, cfg: ModelConfig, level: int, image_hw: tuple[int, int]):
+    """Top-k candidates of one level, per image, with fixed-rank tensors (export-friendly).
+
+    Returns boxes [B, k, 4], nms_scores [B, k] (sqrt(cls * ctr), -1 where the tested score is
+    <= score_thresh), classes [B, k], locations [B, k, 2], levels [B, k], params [B, k, P]."""
+    cls = out.cls_logits[level]
+    bsz, num_classes, h, w = cls.shape
+    stride = cfg.strides[level]
+    cls_prob = cls.sigmoid().flatten(2).permute(0, 2, 1)  # [B, hw, C]
+    ctr = out.centerness[level].sigmoid().flatten(1)  # [B, hw]
+    tested = cls_prob * ctr[:, :, None] if cfg.thresh_with_ctr else cls_prob
+    k = min(cfg.pre_nms_topk, h * w * num_classes)
+    top_tested, top_i = tested.flatten(1).topk(k, dim=1)  # [B, k]
+    loc_i = top_i // num_classes
+    classes = top_i % num_classes
+    locations = compute_locations(h, w, stride, cls.device)[loc_i]  # [B, k, 2]
+    reg = torch.gather(out.bbox_reg[level].flatten(2).permute(0, 2, 1), 1, loc_i[:, :, None].expand(-1, -1, 4))
+    reg = reg * stride
+    img_h, img_w = image_hw
+    boxes = torch.stack([(locations[..., 0] - reg[..., 0]).clamp(min=0, max=img_w),
+                         (locations[..., 1] - reg[..., 1]).clamp(min=0, max=img_h),
+                         (locations[..., 0] + reg[..., 2]).clamp(min=0, max=img_w),
+                         (locations[..., 1] + reg[..., 3]).clamp(min=0, max=img_h)], dim=2)
+    cls_top = torch.gather(cls_prob.flatten(1), 1, top_i)
+    ctr_top = torch.gather(ctr, 1, loc_i)
+    scores = torch.sqrt(cls_top * ctr_top)
+    if not cfg.thresh_with_ctr:
+        top_tested = cls_top
+    nms_scores = torch.where(top_tested > cfg.score_thresh, scores, torch.full_like(scores, -1.0))
+    ctrl = out.controller[level].flatten(2).permute(0, 2, 1)  # [B, hw, P]
+    params = torch.gather(ctrl, 1, loc_i[:, :, None].expand(-1, -1, ctrl.shape[2]))
+    levels = torch.full_like(loc_i, level)
+    return boxes, nms_scores, classes, locations, levels, params
 
 
 def detect(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Decode, class-aware NMS, masks for kept detections, padded to K = cfg.max_detections.
+    """Decode, class-aware NMS, masks for the kept detections, padded to K = cfg.max_detections.
 
-    image_hw: (H, W) of the padded input. Returns the contract outputs:
-    num_detections int32 [B], boxes float [B, K, 4], scores float [B, K], classes int32 [B, K],
-    masks uint8 [B, K, H/4, W/4] (probability x 255).
+    One implementation for PyTorch and the exported graph: fixed-rank tensors, no per-image
+    Python loops except inside the NMS operator. image_hw: (H, W) of the padded input.
+    Returns the contract outputs: num_detections int32 [B], boxes float [B, K, 4],
+    scores float [B, K], classes int32 [B, K], masks uint8 [B, K, H/4, W/4] (probability x 255).
     """
-    flat = flatten_outputs(out, cfg)
-    bsz = flat["cls_logits"].shape[0]
+    bsz = out.mask_feats.shape[0]
     k_max = cfg.max_detections
-    kept = []
-    for b in range(bsz):
-        boxes, scores, classes, locs, levels, params = _candidates(flat, b, cfg, image_hw)
-        keep = batched_nms(boxes, scores, classes, cfg.nms_iou)[:k_max]
-        kept.append((boxes[keep], scores[keep], classes[keep], locs[keep], levels[keep], params[keep]))
-
-    mh = out.mask_feats.shape[-2] * cfg.mask_branch_stride // cfg.mask_out_stride
-    mw = out.mask_feats.shape[-1] * cfg.mask_branch_stride // cfg.mask_out_stride
     device = out.mask_feats.device
-    result = {
-        "num_detections": torch.zeros(bsz, dtype=torch.int32, device=device),
-        "boxes": torch.zeros(bsz, k_max, 4, device=device),
-        "scores": torch.zeros(bsz, k_max, device=device),
-        "classes": torch.zeros(bsz, k_max, dtype=torch.int32, device=device),
-        "masks": torch.zeros(bsz, k_max, mh, mw, dtype=torch.uint8, device=device),
+    parts = [_level_candidates(out, cfg, level, image_hw) for level in range(cfg.num_levels)]
+    # K dummy candidates (never selected) so that top-K below always has K columns to take.
+    p = cfg.num_controller_params
+    dummy = (torch.zeros(bsz, k_max, 4, device=device), torch.full((bsz, k_max), -1.0, device=device),
+             torch.zeros(bsz, k_max, dtype=torch.long, device=device), torch.zeros(bsz, k_max, 2, device=device),
+             torch.zeros(bsz, k_max, dtype=torch.long, device=device),
+             torch.zeros(bsz, k_max, p, device=device, dtype=parts[0][5].dtype))
+    boxes, nms_scores, classes, locations, levels, params = (torch.cat(t, dim=1) for t in zip(*parts, dummy))
+
+    # Class-aware NMS: shift each class's boxes by a multiple of an extent larger than any box
+    # (a tensor, not the image size: a Python number would freeze the exported input shape).
+    extent = boxes.amax(dim=(1, 2), keepdim=True) + 1.0  # [B, 1, 1]
+    offset = classes.to(boxes.dtype)[:, :, None] * extent
+    selected = batched_nms(boxes + offset, nms_scores, cfg.nms_iou, k_max)  # [S, 2]
+    kept_scores = torch.full_like(nms_scores, -1.0)
+    kept_scores[selected[:, 0], selected[:, 1]] = nms_scores[selected[:, 0], selected[:, 1]]
+    top_scores, top_i = kept_scores.topk(k_max, dim=1)  # [B, K], descending
+    valid = top_scores > 0
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        index = top_i.reshape(bsz, k_max, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+        return torch.gather(t, 1, index)
+
+    sel_params = take(params).reshape(bsz * k_max, p)
+    image_index = torch.arange(bsz, device=device).repeat_interleave(k_max)
+    logits = dynamic_mask_logits(out.mask_feats, sel_params, take(locations).reshape(bsz * k_max, 2),
+                                 take(levels).reshape(bsz * k_max), image_index, cfg)
+    probs = logits.sigmoid().float().reshape(bsz, k_max, logits.shape[2], logits.shape[3])
+    vf = valid.to(probs.dtype)
+    masks = (probs * vf[:, :, None, None] * 255.0 + 0.5).to(torch.uint8)
+    return {
+        "num_detections": valid.sum(dim=1).to(torch.int32),
+        "boxes": take(boxes) * vf[:, :, None],
+        "scores": top_scores.clamp(min=0) * vf,
+        "classes": (take(classes) * valid.long()).to(torch.int32),
+        "masks": masks,
     }
-    image_index = torch.cat([torch.full((k[0].shape[0],), b, dtype=torch.long, device=device)
-                             for b, k in enumerate(kept)])
-    params = torch.cat([k[5] for k in kept])
-    if params.shape[0] > 0:
-        logits = dynamic_mask_logits(out.mask_feats, params, torch.cat([k[3] for k in kept]),
-                                     torch.cat([k[4] for k in kept]), image_index, cfg)
-        probs = (logits.sigmoid().squeeze(1).float() * 255.0 + 0.5).to(torch.uint8)
-    start = 0
-    for b, (boxes, scores, classes, _, _, _) in enumerate(kept):
-        n = boxes.shape[0]
-        result["num_detections"][b] = n
-        result["boxes"][b, :n] = boxes
-        result["scores"][b, :n] = scores
-        result["classes"][b, :n] = classes.to(torch.int32)
-        if n:
-            result["masks"][b, :n] = probs[start:start + n]
-        start += n
-    return result
 
 
 class InferenceModel(nn.Module):

@@ -1,0 +1,1 @@
+"""Export of trained models: ONNX graph, TensorRT plan, Triton model repository."""
