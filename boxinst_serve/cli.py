@@ -131,6 +131,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.format == "onnx":
+        from export.onnx import export_onnx
+
+        path = export_onnx(args.checkpoint, out, max_detections=args.max_detections, opset=args.opset)
+        print(f"ONNX model: {path}")
+        return 0
+    from export.tensorrt import build_engine
+
+    onnx_path = Path(args.onnx) if args.onnx else out / "model.onnx"
+    if not onnx_path.exists():
+        from export.onnx import export_onnx
+
+        onnx_path = export_onnx(args.checkpoint, out, max_detections=args.max_detections, opset=args.opset)
+    plan = build_engine(onnx_path, (1, *args.min_shape), (args.opt_batch, *args.opt_shape),
+                        (args.max_batch, *args.max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib)
+    print(f"TensorRT plan: {plan}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -185,9 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("export", help="export a checkpoint to ONNX or a TensorRT plan")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
+    s.add_argument("--out", required=True, help="output folder (model.onnx, model.plan)")
+    s.add_argument("--max-detections", type=int, default=None, help="K of the padded outputs (default: config)")
+    s.add_argument("--opset", type=int, default=18)
+    s.add_argument("--onnx", default=None, help="tensorrt: build from this ONNX file (default: OUT/model.onnx)")
+    s.add_argument("--fp16", action="store_true", help="tensorrt: allow FP16 kernels")
+    s.add_argument("--min-shape", type=_size, default=(320, 320), help="tensorrt profile: smallest HxW")
+    s.add_argument("--opt-shape", type=_size, default=(800, 1344), help="tensorrt profile: tuned HxW")
+    s.add_argument("--max-shape", type=_size, default=(1344, 1344), help="tensorrt profile: largest HxW")
+    s.add_argument("--opt-batch", type=int, default=1)
+    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--workspace-gib", type=float, default=4.0)
+    s.set_defaults(func=cmd_export)
+
     s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
     s.add_argument("inputs", nargs="*", help="image files or folders")
-    s.add_argument("--model", required=True, help="checkpoint (.pt)")
+    s.add_argument("--model", required=True, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--coco", default=None, help="also segment the images listed in this COCO json")
     s.add_argument("--limit", type=int, default=0, help="at most this many images from --coco")

@@ -45,9 +45,12 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, max_d
         model.cfg = model.cfg.replace(max_detections=max_detections)
     cfg = model.cfg
     net = InferenceModel(model).eval()
-    h = padded_size(cfg.min_size_test, cfg.size_divisibility)
-    w = padded_size(cfg.max_size_test, cfg.size_divisibility)
-    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)  # size-1 dims would be specialised
+    # Example input: torch.export specialises any dimension that is 1 (or equal to another) in the
+    # example, so batch 2 and a non-square size with every level, P7 included, at least 2 wide.
+    coarsest = cfg.strides[-1]
+    h = max(padded_size(cfg.min_size_test, cfg.size_divisibility), 2 * coarsest + cfg.size_divisibility)
+    w = h + 2 * cfg.size_divisibility
+    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
     div = cfg.size_divisibility
     batch = torch.export.Dim("batch", min=1, max=256)
     hd = torch.export.Dim("height_div", min=1, max=max_side // div)

@@ -23,13 +23,17 @@ from boxinst_serve.preprocess import prepare_batch, read_image
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
-    """AP figures (in percent) of predictions against gt; all zero when there are no predictions."""
+def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
+                 class_agnostic: bool = False) -> dict[str, float]:
+    """AP figures (in percent) of predictions against gt; all zero when there are no predictions.
+    class_agnostic: match detections to objects of any category (COCOeval useCats=0), which
+    isolates mask quality from classification errors."""
     if not predictions:
         return {k: 0.0 for k in METRIC_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(predictions)
         ev = COCOeval(gt, dt, iou_type)
+        ev.params.useCats = 0 if class_agnostic else 1
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -67,7 +71,8 @@ def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, jso
     model = load_model(checkpoint, device)
     gt, results = predict_dataset(model, data_json, images_dir, progress=progress, device=device)
     report = {"checkpoint": str(checkpoint), "data": str(data_json), "num_images": len(gt.getImgIds()),
-              "bbox": coco_metrics(gt, results, "bbox"), "segm": coco_metrics(gt, results, "segm")}
+              "bbox": coco_metrics(gt, results, "bbox"), "segm": coco_metrics(gt, results, "segm"),
+              "segm_class_agnostic": coco_metrics(gt, results, "segm", class_agnostic=True)}
     if json_out:
         write_json_atomic({**report, "predictions": results}, json_out)
     return report
