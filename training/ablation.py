@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                                      max_size=2 * args.size, num_workers=1, seed=args.seed, loss=v.loss, log_period=50)
             model_cfg = preset("lite").replace(min_size_test=args.size, max_size_test=2 * args.size)
             resume = (run / "last.pt").exists()
-            final = train(model_cfg, cfg, str(data / "train.json"), str(run), resume=resume)
-            report = evaluate(str(final), str(data / "val.json"), json_out=str(run / "predictions.json"))
+            final = train(model_cfg, cfg, str(data / "train.json"), str(run), resume=resume, progress=False)
+            report = evaluate(str(final), str(data / "val.json"), json_out=str(run / "predictions.json"),
+                              progress=False)
             write_json_atomic(report, result)
         report = json.loads(result.read_text())
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],

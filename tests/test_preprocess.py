@@ -1,0 +1,120 @@
+"""Decoding and input preparation shared by every inference path: colour layouts, bit depths,
+EXIF orientation, the pixel limit, padding; and pasting masks back to the original size."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from boxinst_serve.postprocess import paste_masks, to_instances
+from boxinst_serve.preprocess import (ImageDecodeError, ImageMeta, decode_image, image_header_size, prepare_batch,
+                                      read_image)
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def test_colour_png_decodes_to_rgb():
+    bgr = np.zeros((8, 10, 3), np.uint8)
+    bgr[..., 2] = 200  # red in OpenCV's BGR order
+    rgb = decode_image(_png(bgr))
+    assert rgb.shape == (8, 10, 3) and rgb.dtype == np.uint8
+    assert (rgb[..., 0] == 200).all() and (rgb[..., 2] == 0).all()
+
+
+@pytest.mark.parametrize("image", [np.full((6, 7), 90, np.uint8),                    # grayscale
+                                   np.full((6, 7, 4), 90, np.uint8),                 # BGRA
+                                   np.full((6, 7, 3), 90 * 257, np.uint16)])        # 16-bit
+def test_grayscale_rgba_and_16_bit_images_become_rgb_uint8(image):
+    rgb = decode_image(_png(image))
+    assert rgb.shape == (6, 7, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb.astype(int) - 90).max() <= 1
+
+
+def test_exif_orientation_is_applied():
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :20] = 255  # left half white
+    ok, jpg = cv2.imencode(".jpg", img)
+    data = bytearray(jpg.tobytes())
+    # APP1 Exif segment with Orientation = 6 (rotate 90 degrees clockwise), big-endian TIFF.
+    tiff = (b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+            + b"\x00\x00\x00\x00")
+    app1 = b"\xff\xe1" + (len(tiff) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + tiff
+    rotated = decode_image(bytes(data[:2]) + app1 + bytes(data[2:]))
+    assert rotated.shape == (40, 20, 3)
+    assert rotated[:20].mean() > 200 and rotated[20:].mean() < 50  # the white half is now on top
+
+
+@pytest.mark.parametrize("data,message", [(b"", "empty"), (b"definitely not an image", "not a decodable image")])
+def test_bad_bytes_are_clear_errors(data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(data, source="upload")
+
+
+def test_truncated_jpeg_is_an_error_or_decodes_partially_without_crashing():
+    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    try:
+        img = decode_image(jpg.tobytes()[:200])
+    except ImageDecodeError:
+        return
+    assert img.shape == (64, 64, 3)
+
+
+def test_huge_png_header_is_refused_before_decoding():
+    header = _png(np.zeros((4, 4, 3), np.uint8))
+    fake = bytearray(header)
+    fake[16:20] = (30000).to_bytes(4, "big")  # width
+    fake[20:24] = (30000).to_bytes(4, "big")  # height
+    assert image_header_size(bytes(fake)) == (30000, 30000)
+    with pytest.raises(ImageDecodeError, match="30000x30000 px, over the 50 MP limit"):
+        decode_image(bytes(fake))
+
+
+def test_jpeg_header_size_is_read():
+    ok, jpg = cv2.imencode(".jpg", np.zeros((33, 47, 3), np.uint8))
+    assert image_header_size(jpg.tobytes()) == (33, 47)
+
+
+def test_missing_file_error_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_prepare_batch_resizes_pads_and_records_sizes():
+    images = [np.zeros((100, 200, 3), np.uint8), np.zeros((300, 150, 3), np.uint8)]
+    batch, metas = prepare_batch(images, min_size=64, max_size=128)
+    assert metas[0] == ImageMeta(orig_hw=(100, 200), resized_hw=(64, 128))
+    assert metas[1] == ImageMeta(orig_hw=(300, 150), resized_hw=(128, 64))
+    assert batch.shape == (2, 128, 128, 3) and batch.dtype == np.uint8
+
+
+def test_prepare_batch_rejects_wrong_dtype():
+    with pytest.raises(ValueError, match="RGB uint8"):
+        prepare_batch([np.zeros((10, 10, 3), np.float32)], 32, 64)
+
+
+def test_pasted_mask_lands_at_the_original_resolution():
+    meta = ImageMeta(orig_hw=(50, 100), resized_hw=(32, 64))  # padded input 32x64 -> masks 8x16
+    m = np.zeros((1, 8, 16), np.uint8)
+    m[0, 2:6, 4:12] = 255  # input pixels 8..24 x 16..48 -> original 12.5..37.5 x 25..75
+    pasted = paste_masks(m, meta)
+    assert pasted.shape == (1, 50, 100)
+    ys, xs = np.nonzero(pasted[0])
+    assert abs(ys.min() - 12.5) <= 2 and abs(ys.max() - 37.5) <= 2
+    assert abs(xs.min() - 25) <= 3 and abs(xs.max() - 75) <= 3
+
+
+def test_to_instances_trims_to_num_detections_and_rescales_boxes():
+    k = 3
+    outputs = {"num_detections": np.array([1], np.int32),
+               "boxes": np.array([[[8, 8, 24, 16], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32),
+               "scores": np.array([[0.9, 0, 0]], np.float32), "classes": np.array([[2, 0, 0]], np.int32),
+               "masks": np.zeros((1, k, 8, 16), np.uint8)}
+    outputs["masks"][0, 0, 2:4, 2:6] = 255
+    inst = to_instances(outputs, 0, ImageMeta((64, 128), (32, 64)), class_names=["a", "b", "c"])
+    assert len(inst) == 1 and inst.class_name(0) == "c"
+    np.testing.assert_allclose(inst.boxes[0], [16, 16, 48, 32])
+    assert inst.masks.shape == (1, 64, 128) and inst.areas[0] == inst.masks[0].sum() > 0
