@@ -25,16 +25,19 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
-	$(BOXINST) make-shapes $(DEMO)/shapes --num-images 300 --seed 0 --size 192
+	$(BOXINST) make-shapes $(DEMO)/shapes --num-images 300 --seed 0 --size 224
 	$(BOXINST) train --data $(DEMO)/shapes/train.json --config lite --iters 800 --batch-size 4 \
-		--min-sizes 160,192,224 --max-size 320 --min-size-test 192 --workers 1 --out $(DEMO)/run
+		--min-sizes 192,224,256 --max-size 448 --min-size-test 224 --max-size-test 448 --workers 1 \
+		--out $(DEMO)/run --resume-if-exists
 	$(BOXINST) eval --checkpoint $(DEMO)/run/final.pt --data $(DEMO)/shapes/val.json --json $(DEMO)/eval.json
-	$(BOXINST) segment --coco $(DEMO)/shapes/val.json --limit 12 --model $(DEMO)/run/final.pt --out $(DEMO)/overlays
+	$(BOXINST) export --checkpoint $(DEMO)/run/final.pt --format onnx --out $(DEMO)/onnx
+	$(BOXINST) segment --coco $(DEMO)/shapes/val.json --limit 12 --model $(DEMO)/onnx/model.onnx --out $(DEMO)/overlays
 	@echo ""
 	@echo "demo outputs:"
 	@echo "  checkpoint        $(DEMO)/run/final.pt  (training log: $(DEMO)/run/metrics.jsonl)"
 	@echo "  mask/box AP       $(DEMO)/eval.json"
-	@echo "  overlays          $(DEMO)/overlays/*.png  (COCO results: $(DEMO)/overlays/results.json)"
+	@echo "  ONNX model        $(DEMO)/onnx/model.onnx"
+	@echo "  overlays          $(DEMO)/overlays/*.png  (ONNX Runtime; COCO results: $(DEMO)/overlays/results.json)"
 
 # The paper's Table-1 style ablation on the shapes set (docs/results.md); about an hour on 2 cores.
 ablation: install

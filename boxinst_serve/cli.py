@@ -63,7 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_cfg = model_cfg.replace(min_size_test=args.min_size_test)
     if args.max_size_test:
         model_cfg = model_cfg.replace(max_size_test=args.max_size_test)
-    final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=args.resume,
+    from pathlib import Path
+
+    resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
+    final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=resume,
                   device=args.device, pretrained_backbone=args.pretrained_backbone, progress=not args.quiet)
     print(f"checkpoint: {final}")
     return 0
@@ -154,6 +157,63 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency of the PyTorch and ONNX Runtime engines on the same weights and image, one run."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from boxinst_serve.bench import format_reports, machine_description, measure
+    from boxinst_serve.checkpoint import save_atomic
+    from boxinst_serve.config import preset
+    from boxinst_serve.engines import load_engine
+    from boxinst_serve.model import build_model
+    from boxinst_serve.preprocess import read_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = args.size
+    work = Path(tempfile.mkdtemp(prefix="boxinst-bench-"))
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # speed does not depend on the weights: a freshly initialised preset
+        cfg = preset(args.config).replace(min_size_test=min(h, w), max_size_test=max(h, w))
+        torch.manual_seed(0)
+        checkpoint = work / f"{cfg.name}.pt"
+        save_atomic({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict()}, checkpoint)
+    elif args.size_given:
+        from boxinst_serve.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        cfg = ckpt["model_config"].replace(min_size_test=min(h, w), max_size_test=max(h, w))
+        checkpoint = work / "resized.pt"
+        save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, checkpoint)
+    image = read_image(args.image) if args.image else \
+        np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    reports = []
+    for name in args.engines.split(","):
+        if name == "torch":
+            engine = load_engine(checkpoint, device=args.device)
+        elif name == "onnxruntime":
+            from export.onnx import export_onnx
+
+            onnx_path = export_onnx(checkpoint, work / "onnx")
+            engine = load_engine(onnx_path, device=args.device, threads=args.threads)
+        else:
+            raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime")
+        reports.append(measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup))
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "torch_threads": torch.get_num_threads(),
+                          "reports": [r.to_dict() for r in reports]}))
+    else:
+        print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
+        print(format_reports(reports))
+        if len(reports) == 2:
+            print(f"{reports[1].engine} / {reports[0].engine} p50 latency: {reports[1].p50_ms / reports[0].p50_ms:.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -196,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     s.add_argument("--pretrained-backbone", default=None, help="torchvision ResNet state-dict file")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--resume-if-exists", action="store_true", help="resume when OUT/last.pt exists, else start")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -236,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 
+    s = sub.add_parser("bench", help="end-to-end latency of the torch and onnxruntime engines")
+    s.add_argument("--checkpoint", default=None, help="weights (default: a freshly initialised --config)")
+    s.add_argument("--config", default="lite")
+    s.add_argument("--size", type=_size, default=None, help="test size HxW (short side x max side)")
+    s.add_argument("--image", default=None, help="image file (default: random pixels of --size)")
+    s.add_argument("--engines", default="torch,onnxruntime")
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--iters", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the runtimes' default)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("info", help="parameter count and GFLOPs of a preset")
     s.add_argument("--config", default="r50_fpn")
     s.add_argument("--size", type=_size, default=(800, 1344), help="input HxW (multiples of 32)")
@@ -247,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "func", None) is cmd_bench:
+        args.size_given = args.size is not None
+        if args.size is None:
+            args.size = (512, 512)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,3 +129,26 @@ def test_two_gloo_processes_keep_replicas_identical(tiny_shapes, tmp_path):
     assert records[-1]["replicas_identical"] is True
     assert len(records[-1]["replica_checksums"]) == 2
     assert load_checkpoint(run / "final.pt")["iteration"] == 3
+
+
+def test_ctrl_c_stops_at_an_iteration_boundary_and_resume_matches(tiny_shapes, tmp_path, monkeypatch,
+                                                                    deterministic):
+    cfg = _cfg(6, checkpoint_period=100)
+    straight = trainer.train(lite(), cfg, tiny_shapes["train"], tmp_path / "a", progress=False)
+    real = trainer.compute_losses
+    calls = {"n": 0}
+
+    def ctrl_c_during_fourth_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # lands mid-iteration, after the forward pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_losses", ctrl_c_during_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(lite(), cfg, tiny_shapes["train"], tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 4  # the 4th step was finished
+    monkeypatch.setattr(trainer, "compute_losses", real)
+    resumed = trainer.train(lite(), cfg, tiny_shapes["train"], tmp_path / "b", resume=True, progress=False)
+    a, b = load_checkpoint(straight)["model"], load_checkpoint(resumed)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

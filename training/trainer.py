@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,32 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.flush()
 
 
+class _GracefulStop:
+    """SIGINT/SIGTERM ask the loop to stop at the next iteration boundary (where a checkpoint is
+    consistent: a forward pass has already moved BatchNorm statistics mid-iteration); a second
+    SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("signal %d: stopping after this iteration (Ctrl-C again to abort now)", signum)
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
           images_dir: str | None = None, resume: bool = False, device: str = "auto",
           pretrained_backbone: str | None = None, progress: bool = True) -> Path:
@@ -186,49 +214,59 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     nonfinite = 0
     t_last = time.perf_counter()
     iteration = start_iter
-    for batch in loader:
-        for g in optimizer.param_groups:
-            g["lr"] = train_cfg.lr * train_cfg.lr_factor(iteration)
-        images = batch["images"].to(dev, non_blocking=True)
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-            outputs = ddp_model(images)
-        batch["images"] = images
-        losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration)
-        loss = sum(losses.values())
+    stop = _GracefulStop()
+    restore_signals = stop.install()
+    try:
+        for batch in loader:
+            for g in optimizer.param_groups:
+                g["lr"] = train_cfg.lr * train_cfg.lr_factor(iteration)
+            images = batch["images"].to(dev, non_blocking=True)
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                outputs = ddp_model(images)
+            batch["images"] = images
+            losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration)
+            loss = sum(losses.values())
 
-        finite = torch.tensor([float(torch.isfinite(loss))], device=dev)
-        if info.world_size > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() < 1:
-            nonfinite += 1
-            log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", iteration,
-                        {k: float(v) for k, v in losses.items()}, nonfinite)
-            optimizer.zero_grad(set_to_none=True)
-            if nonfinite >= train_cfg.max_nonfinite:
-                raise RuntimeError(f"{nonfinite} non-finite losses in a row at iteration {iteration}: "
-                                   "training diverged (lower --lr, or check the data)")
-        else:
-            nonfinite = 0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train_cfg.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        iteration += 1
-        bar.update(1)
-        if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
-            now = time.perf_counter()
-            record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
-                      "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                      "s_per_iter": (now - t_last) / train_cfg.log_period}
-            t_last = now
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if info.is_main:
-                _append_jsonl(metrics_path, record)
-        if iteration % train_cfg.checkpoint_period == 0 and iteration < train_cfg.iters:
-            checkpoint(iteration, last)
+            finite = torch.tensor([float(torch.isfinite(loss))], device=dev)
+            if info.world_size > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                nonfinite += 1
+                log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", iteration,
+                            {k: float(v) for k, v in losses.items()}, nonfinite)
+                optimizer.zero_grad(set_to_none=True)
+                if nonfinite >= train_cfg.max_nonfinite:
+                    raise RuntimeError(f"{nonfinite} non-finite losses in a row at iteration {iteration}: "
+                                       "training diverged (lower --lr, or check the data)")
+            else:
+                nonfinite = 0
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if train_cfg.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            iteration += 1
+            bar.update(1)
+            if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
+                now = time.perf_counter()
+                record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
+                          "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+                          "s_per_iter": (now - t_last) / train_cfg.log_period}
+                t_last = now
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                if info.is_main:
+                    _append_jsonl(metrics_path, record)
+            if iteration % train_cfg.checkpoint_period == 0 and iteration < train_cfg.iters:
+                checkpoint(iteration, last)
+            if stop.requested and iteration < train_cfg.iters:
+                # Between iterations the state is consistent: save it, then stop.
+                checkpoint(iteration, last)
+                log.warning("stopped at iteration %d; saved %s (continue with --resume)", iteration, last)
+                raise KeyboardInterrupt
+    finally:
+        restore_signals()
     bar.close()
 
     final = out / "final.pt"
