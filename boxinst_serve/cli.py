@@ -89,8 +89,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from boxinst_serve.config import preset
     from boxinst_serve.model import build_model
-    from boxinst_serve.model.postprocess import InferenceModel
-
     cfg = preset(args.config, num_classes=args.num_classes)
     model = build_model(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
@@ -107,7 +105,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{cfg.name}: {params / 1e6:.2f} M parameters, {flops / 1e9:.1f} GFLOPs at {h}x{w} "
               f"(network without post-processing; 1 multiply-add = 2 FLOPs), "
               f"controller outputs {cfg.num_controller_params} parameters per instance")
-    _ = InferenceModel
     return 0
 
 
