@@ -41,6 +41,10 @@ class ModelConfig:
     head_channels: int = 256
     head_num_convs: int = 4
     head_gn_groups: int = 32
+    # Box-distance activation: "relu" (AdelaiDet with normalised regression targets) or "exp"
+    # (the original FCOS: never zero, so no side can get stuck at a dead ReLU; used by `lite`,
+    # whose backbone trains from scratch).
+    bbox_activation: str = "relu"
     num_classes: int = 80
     class_names: list[str] = field(default_factory=list)
     # FPN levels P3..P7.
@@ -159,6 +163,7 @@ def lite(num_classes: int = 80) -> ModelConfig:
         head_channels=64,
         head_num_convs=2,
         head_gn_groups=16,
+        bbox_activation="exp",
         num_classes=num_classes,
         mask_branch_channels=64,
         mask_branch_num_convs=2,

@@ -35,6 +35,9 @@ class FCOSHead(nn.Module):
         self.centerness = nn.Conv2d(c, 1, 3, padding=1)
         self.controller = nn.Conv2d(c, cfg.num_controller_params, 3, padding=1)
         self.scales = nn.Parameter(torch.ones(cfg.num_levels))
+        if cfg.bbox_activation not in ("relu", "exp"):
+            raise ValueError(f"bbox_activation must be 'relu' or 'exp', got {cfg.bbox_activation!r}")
+        self.bbox_activation = cfg.bbox_activation
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
@@ -49,7 +52,9 @@ class FCOSHead(nn.Module):
             ct = self.cls_tower(feat)
             bt = self.bbox_tower(feat)
             cls_logits.append(self.cls_logits(ct))
-            bbox_reg.append(torch.relu(self.bbox_pred(bt) * self.scales[level]))
+            reg = self.bbox_pred(bt) * self.scales[level]
+            # exp is clamped at e^10 strides so that a diverging step cannot make it infinite
+            bbox_reg.append(torch.relu(reg) if self.bbox_activation == "relu" else torch.exp(reg.clamp(max=10.0)))
             centerness.append(self.centerness(bt))
             controller.append(self.controller(bt))
         return cls_logits, bbox_reg, centerness, controller
