@@ -2,7 +2,6 @@
 cannot be read is reported by name and the others are processed."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import cv2
 from tqdm import tqdm
 
 from boxinst_serve.engines import Engine
+from boxinst_serve.files import write_json_atomic
 from boxinst_serve.postprocess import to_instances
 from boxinst_serve.preprocess import prepare_batch, read_image
 from boxinst_serve.visualize import draw_instances
@@ -69,7 +69,5 @@ def segment_paths(engine: Engine, paths: list[Path], out_dir: str | os.PathLike,
             drawn = draw_instances(image, inst, score_thresh)
             cv2.imwrite(str(out / f"{path.stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     report.results_json = str(out / "results.json")
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", results)
     return report

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from boxinst_serve.config import ModelConfig
 from boxinst_serve.engines import load_engine

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from boxinst_serve.config import preset
 from training.config import LossConfig, TrainConfig
-from training.evaluate import evaluate, write_json_atomic
+from boxinst_serve.files import write_json_atomic
+from training.evaluate import evaluate
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             final = train(model_cfg, cfg, str(data / "train.json"), str(run), resume=resume, progress=False)
             report = evaluate(str(final), str(data / "val.json"), json_out=str(run / "predictions.json"),
                               progress=False)
-            write_json_atomic(report, result)
+            write_json_atomic(result, report)
         report = json.loads(result.read_text())
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
                        "segm_class_agnostic": report["segm_class_agnostic"]}
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
-    write_json_atomic({"iters": args.iters, "num_images": args.num_images, "size": args.size, "rows": rows},
-                      out / "ablation.json")
+    write_json_atomic(out / "ablation.json",
+                      {"iters": args.iters, "num_images": args.num_images, "size": args.size, "rows": rows})
     lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP |", "|---|---|---|---|---|---|"]
     for r in rows.values():
         s, b, a = r["segm"], r["bbox"], r["segm_class_agnostic"]

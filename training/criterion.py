@@ -33,7 +33,6 @@ def compute_losses(out: HeadOutputs, batch: dict, cfg: ModelConfig, loss_cfg: Lo
     device = out.mask_feats.device
     _, hp, wp, _ = images.shape
     flat = flatten_outputs(out, cfg)
-    bsz = flat["cls_logits"].shape[0]
 
     labels, reg_t, gt_idx = [], [], []
     for b, tgt in enumerate(batch["targets"]):

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from boxinst_serve.checkpoint import load_model
+from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.postprocess import InferenceModel
 from boxinst_serve.postprocess import to_instances
 from boxinst_serve.preprocess import prepare_batch, read_image
@@ -74,7 +72,7 @@ def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, jso
               "bbox": coco_metrics(gt, results, "bbox"), "segm": coco_metrics(gt, results, "segm"),
               "segm_class_agnostic": coco_metrics(gt, results, "segm", class_agnostic=True)}
     if json_out:
-        write_json_atomic({**report, "predictions": results}, json_out)
+        write_json_atomic(json_out, {**report, "predictions": results})
     return report
 
 
@@ -93,15 +91,6 @@ def with_box_masks(results: list[dict[str, Any]], gt: COCO) -> list[dict[str, An
         rle["counts"] = rle["counts"].decode("ascii")
         out.append({**r, "segmentation": rle})
     return out
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def format_table(report: dict[str, Any]) -> str:

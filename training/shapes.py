@@ -12,9 +12,7 @@ contain no unlabelled objects.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +20,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from boxinst_serve.files import write_json_atomic
 
 CATEGORIES: list[dict[str, Any]] = [
     {"id": 1, "name": "circle"},
@@ -248,20 +248,6 @@ def mask_to_annotation(mask: np.ndarray, category_id: int, ann_id: int, image_id
         "iscrowd": 0,
         "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
     }
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as json to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _num_val(num_images: int, val_fraction: float) -> int:
