@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             args.size = (512, 512)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):  # one line per graph pass at INFO
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -16,19 +16,20 @@ from training.trainer import train
 
 @pytest.mark.slow
 def test_box_only_training_learns_masks_better_than_boxes(tmp_path):
-    data = make_shapes(tmp_path / "shapes", num_images=300, seed=0, size=192, progress=False)
+    # The demo's setting: at 192 px the stride-4 masks are too coarse to beat the boxes in 700 steps.
+    data = make_shapes(tmp_path / "shapes", num_images=300, seed=0, size=224, progress=False)
     coco = json.loads(open(data["train"]).read())
     for ann in coco["annotations"]:
         del ann["segmentation"]  # boxes only
     (tmp_path / "boxes.json").write_text(json.dumps(coco))
 
-    cfg = TrainConfig.scaled(700, batch_size=4, min_sizes=(160, 192, 224), max_size=320, num_workers=1,
+    cfg = TrainConfig.scaled(800, batch_size=4, min_sizes=(192, 224, 256), max_size=448, num_workers=1,
                              log_period=50)
-    final = train(lite().replace(min_size_test=192, max_size_test=320), cfg, str(tmp_path / "boxes.json"),
+    final = train(lite().replace(min_size_test=224, max_size_test=448), cfg, str(tmp_path / "boxes.json"),
                   str(tmp_path / "run"), images_dir=data["images"], progress=False)
 
     gt, results = predict_dataset(load_model(final), data["val"], progress=False)
     masks_ap = coco_metrics(gt, results, "segm")["AP"]
     boxes_ap = coco_metrics(gt, with_box_masks(results, gt), "segm")["AP"]
     print(f"mask AP: BoxInst masks {masks_ap:.1f}, filled boxes {boxes_ap:.1f}")
-    assert masks_ap >= boxes_ap + 8.0
+    assert masks_ap >= boxes_ap + 2.5 and masks_ap >= 2.5 * boxes_ap
