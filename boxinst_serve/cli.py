@@ -172,34 +172,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = args.size
-    work = Path(tempfile.mkdtemp(prefix="boxinst-bench-"))
-    checkpoint = args.checkpoint
-    if checkpoint is None:  # speed does not depend on the weights: a freshly initialised preset
-        cfg = preset(args.config).replace(min_size_test=min(h, w), max_size_test=max(h, w))
-        torch.manual_seed(0)
-        checkpoint = work / f"{cfg.name}.pt"
-        save_atomic({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict()}, checkpoint)
-    elif args.size_given:
-        from boxinst_serve.checkpoint import load_checkpoint
+    with tempfile.TemporaryDirectory(prefix="boxinst-bench-") as tmp:  # exports and resized weights
+        work = Path(tmp)
+        checkpoint = args.checkpoint
+        if checkpoint is None:  # speed does not depend on the weights: a freshly initialised preset
+            cfg = preset(args.config).replace(min_size_test=min(h, w), max_size_test=max(h, w))
+            torch.manual_seed(0)
+            checkpoint = work / f"{cfg.name}.pt"
+            save_atomic({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict()}, checkpoint)
+        elif args.size_given:
+            from boxinst_serve.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(checkpoint)
-        cfg = ckpt["model_config"].replace(min_size_test=min(h, w), max_size_test=max(h, w))
-        checkpoint = work / "resized.pt"
-        save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, checkpoint)
-    image = read_image(args.image) if args.image else \
-        np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    reports = []
-    for name in args.engines.split(","):
-        if name == "torch":
-            engine = load_engine(checkpoint, device=args.device)
-        elif name == "onnxruntime":
-            from export.onnx import export_onnx
+            ckpt = load_checkpoint(checkpoint)
+            cfg = ckpt["model_config"].replace(min_size_test=min(h, w), max_size_test=max(h, w))
+            checkpoint = work / "resized.pt"
+            save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, checkpoint)
+        image = read_image(args.image) if args.image else \
+            np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        reports = []
+        for name in args.engines.split(","):
+            if name == "torch":
+                engine = load_engine(checkpoint, device=args.device)
+            elif name == "onnxruntime":
+                from export.onnx import export_onnx
 
-            onnx_path = export_onnx(checkpoint, work / "onnx")
-            engine = load_engine(onnx_path, device=args.device, threads=args.threads)
-        else:
-            raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime")
-        reports.append(measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup))
+                onnx_path = export_onnx(checkpoint, work / "onnx")
+                engine = load_engine(onnx_path, device=args.device, threads=args.threads)
+            else:
+                raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime")
+            reports.append(measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup))
     if args.json:
         print(json.dumps({"machine": machine_description(), "torch_threads": torch.get_num_threads(),
                           "reports": [r.to_dict() for r in reports]}))

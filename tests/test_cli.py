@@ -81,3 +81,13 @@ def test_info_counts_parameters_and_flops(capsys):
     assert main(["info", "--config", "lite", "--size", "128", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] > 1e6 and info["gflops"] > 0.5 and info["controller_params"] == 233
+
+
+def test_bench_reports_latency_figures_as_json(capsys):
+    assert main(["bench", "--config", "lite", "--size", "64x96", "--engines", "torch", "--iters", "2",
+                 "--warmup", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (report,) = out["reports"]
+    assert report["engine"] == "torch" and report["input_hw"] == [64, 96] and report["iters"] == 2
+    assert 0 < report["p50_ms"] <= report["p99_ms"] and report["fps"] > 0
+    assert report["network_ms"] > 0 and "machine" in out
