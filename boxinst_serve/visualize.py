@@ -15,11 +15,28 @@ def palette(i: int) -> tuple[int, int, int]:
     return int(r), int(g), int(b)
 
 
+def displayed(inst: Instances, score_thresh: float = 0.3, overlap_iou: float = 0.7) -> list[int]:
+    """Indices worth drawing: score >= score_thresh, and not a near-copy (mask IoU > overlap_iou)
+    of a higher-scoring drawn instance. Class-aware NMS keeps one detection per class at a place,
+    which is right for AP but clutters a picture with the same object under several labels."""
+    masks = inst.masks
+    kept: list[int] = []
+    for i in np.argsort(-inst.scores):
+        if inst.scores[i] < score_thresh:
+            break
+        m = masks[i]
+        if any((m & masks[j]).sum() > overlap_iou * max((m | masks[j]).sum(), 1) for j in kept):
+            continue
+        kept.append(int(i))
+    return kept
+
+
 def draw_instances(image: np.ndarray, inst: Instances, score_thresh: float = 0.3, alpha: float = 0.5,
                    draw_boxes: bool = True) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> a copy with masks (filled, alpha-blended, outlined), boxes and labels."""
+    """RGB uint8 [H, W, 3] -> a copy with masks (filled, alpha-blended, outlined), boxes and labels
+    of the `displayed` instances."""
     out = image.copy()
-    keep = [i for i in range(len(inst)) if inst.scores[i] >= score_thresh]
+    keep = displayed(inst, score_thresh)
     masks = inst.masks
     for rank, i in enumerate(keep):
         color = np.array(palette(rank), dtype=np.float32)

@@ -57,3 +57,18 @@ def test_to_coco_uses_xywh_boxes_and_category_ids():
 def test_results_module_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import boxinst_serve.results, boxinst_serve.config"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_overlay_draws_one_of_several_labels_for_the_same_object():
+    from boxinst_serve.visualize import displayed, draw_instances
+
+    m = np.zeros((3, 40, 40), bool)
+    m[0, 5:20, 5:20] = True
+    m[1, 5:20, 6:20] = True  # the same object under another class
+    m[2, 25:35, 25:35] = True
+    inst = _instances(m)
+    inst.scores[:] = [0.5, 0.6, 0.4]
+    assert displayed(inst, score_thresh=0.3) == [1, 2]
+    assert displayed(inst, score_thresh=0.45) == [1]
+    drawn = draw_instances(np.zeros((40, 40, 3), np.uint8), inst)
+    assert drawn[30, 30].any() and drawn.shape == (40, 40, 3)
