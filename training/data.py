@@ -26,6 +26,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from boxinst_serve.config import padded_size, resized_shape
+from boxinst_serve.preprocess import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +87,6 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     return mask
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3]; errors name the full path."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"could not decode image file: {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class CocoBoxDataset(torch.utils.data.Dataset):
@@ -182,7 +172,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         """(height, width) from the json, or from the file when the json lacks them."""
         if "height" in img and "width" in img:
             return int(img["height"]), int(img["width"])
-        h, w = load_rgb(os.path.join(self.images_dir, img["file_name"])).shape[:2]
+        h, w = read_image(os.path.join(self.images_dir, img["file_name"])).shape[:2]
         return h, w
 
     def _check_annotation(self, ann: dict[str, Any], sizes: dict[int, tuple[int, int]]) -> tuple[list[float], int, Any] | None:
@@ -245,7 +235,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         rec = self._records[index]
-        image = load_rgb(os.path.join(self.images_dir, rec.file_name))
+        image = read_image(os.path.join(self.images_dir, rec.file_name))
         h, w = image.shape[:2]
         new_h, new_w = resized_shape(h, w, min_size, self.max_size)
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)

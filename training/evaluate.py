@@ -17,6 +17,7 @@ from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.postprocess import InferenceModel
 from boxinst_serve.postprocess import to_instances
 from boxinst_serve.preprocess import prepare_batch, read_image
+from boxinst_serve.results import encode_masks
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -79,17 +80,13 @@ def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, jso
 def with_box_masks(results: list[dict[str, Any]], gt: COCO) -> list[dict[str, Any]]:
     """The same detections with each mask replaced by its filled box: the naive baseline that box
     supervision has to beat (the paper's "filled box" row, without retraining)."""
-    from pycocotools import mask as mask_utils
-
     out = []
     for r in results:
         img = gt.imgs[r["image_id"]]
         x, y, w, h = r["bbox"]
         m = np.zeros((img["height"], img["width"]), dtype=np.uint8)
         m[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))] = 1
-        rle = mask_utils.encode(np.asfortranarray(m))
-        rle["counts"] = rle["counts"].decode("ascii")
-        out.append({**r, "segmentation": rle})
+        out.append({**r, "segmentation": encode_masks(m[None])[0]})
     return out
 
 
