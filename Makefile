@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[full,dev]'
+	$(PY) -m pip install -q -e '.[full,serve,client,dev]'
 	touch $@
 
 # The slow box-only training test is not in `make test` yet: at this CPU budget its mask-AP

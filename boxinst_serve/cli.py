@@ -134,6 +134,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.triton:
+        from export.triton import write_triton_net
+
+        net = write_triton_net(args.checkpoint, args.triton, flavour=args.flavour, onnx_path=args.onnx,
+                               canvas=args.canvas, max_batch_size=args.max_batch, instances=args.instances,
+                               trt_accelerator=args.trt_accelerator, fp16=args.fp16, max_pixels=args.max_pixels)
+        print(f"Triton model {net} ({args.flavour}); serve it with `boxinst serve --repository {args.triton}`")
+        return 0
+    if not args.out:
+        raise ValueError("give --out FOLDER (or --triton REPOSITORY)")
     out = Path(args.out)
     if args.format == "onnx":
         from export.onnx import export_onnx
@@ -152,6 +162,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                         (args.max_batch, *args.max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib)
     print(f"TensorRT plan: {plan}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from boxinst_serve.server import TritonServer, serve_forever
+
+    server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
+    return serve_forever(server, timeout_s=args.ready_timeout)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -270,7 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a checkpoint to ONNX or a TensorRT plan")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
-    s.add_argument("--out", required=True, help="output folder (model.onnx, model.plan)")
+    s.add_argument("--out", default=None, help="output folder (model.onnx, model.plan)")
+    s.add_argument("--triton", default=None, metavar="REPOSITORY",
+                   help="write boxinst_net (+ its serving config) into this Triton repository instead")
+    s.add_argument("--flavour", default="cpu", choices=("cpu", "onnxruntime", "tensorrt"),
+                   help="--triton: cpu = Python backend + ONNX Runtime (runs anywhere); onnxruntime / tensorrt "
+                        "for NVIDIA's GPU container")
+    s.add_argument("--canvas", type=_size, default=None,
+                   help="--triton: landscape letterbox canvas HxW (default: test sizes padded to 32)")
+    s.add_argument("--instances", type=int, default=1, help="--triton: boxinst_net instances")
+    s.add_argument("--trt-accelerator", action="store_true",
+                   help="--triton --flavour onnxruntime: TensorRT execution accelerator")
+    s.add_argument("--max-pixels", type=int, default=None, help="--triton: decoded-size limit (default 50 MP)")
     s.add_argument("--max-detections", type=int, default=None, help="K of the padded outputs (default: config)")
     s.add_argument("--opset", type=int, default=18)
     s.add_argument("--onnx", default=None, help="tensorrt: build from this ONNX file (default: OUT/model.onnx)")
@@ -279,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opt-shape", type=_size, default=(800, 1344), help="tensorrt profile: tuned HxW")
     s.add_argument("--max-shape", type=_size, default=(1344, 1344), help="tensorrt profile: largest HxW")
     s.add_argument("--opt-batch", type=int, default=1)
-    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--max-batch", type=int, default=8, help="tensorrt profile / Triton max_batch_size")
     s.add_argument("--workspace-gib", type=float, default=4.0)
     s.set_defaults(func=cmd_export)
 
@@ -294,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("serve", help="serve a model repository with Triton (gRPC) until Ctrl-C")
+    s.add_argument("--repository", default="model_repository")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
+    s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
+    s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("bench", help="end-to-end latency of the torch and onnxruntime engines")
     s.add_argument("--checkpoint", default=None, help="weights (default: a freshly initialised --config)")

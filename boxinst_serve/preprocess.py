@@ -73,6 +73,10 @@ def decode_image(data: bytes | bytearray | np.ndarray, source: str = "image",
     if hw is not None and hw[0] * hw[1] > max_pixels:
         raise ImageDecodeError(f"{source}: image is {hw[1]}x{hw[0]} px, over the {max_pixels / 1e6:g} MP limit "
                                "(max_pixels)")
+    if buf[:2].tobytes() == b"\xff\xd8":
+        raw = buf.tobytes()
+        if raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):  # no end-of-image after the last scan
+            raise ImageDecodeError(f"{source}: truncated JPEG (no end-of-image marker after the image data)")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageDecodeError(f"{source}: not a decodable image (corrupt, truncated or unsupported format)")

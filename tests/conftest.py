@@ -18,3 +18,16 @@ def tiny_shapes(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("shapes")
     return make_shapes(out, num_images=16, seed=3, size=128, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_lite(tiny_shapes, tmp_path_factory) -> Path:
+    """A `lite` checkpoint trained for 30 iterations on tiny_shapes: enough to give detections."""
+    from boxinst_serve.config import lite
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained_lite")
+    cfg = TrainConfig.scaled(30, batch_size=2, min_sizes=(128,), max_size=160, num_workers=0, log_period=10)
+    return train(lite().replace(min_size_test=128, max_size_test=160), cfg, tiny_shapes["train"], root / "run",
+                 progress=False)

@@ -19,16 +19,11 @@ OPS_CSV_IN_REPO = Path(__file__).resolve().parents[1] / "export" / "tensorrt_onn
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_shapes, tmp_path_factory):
+def exported(tiny_shapes, trained_lite, tmp_path_factory):
     from export.onnx import export_onnx
-    from training.config import TrainConfig
-    from training.trainer import train
-    from boxinst_serve.config import lite
 
     root = tmp_path_factory.mktemp("export")
-    cfg = TrainConfig.scaled(30, batch_size=2, min_sizes=(128,), max_size=160, num_workers=0, log_period=10)
-    ckpt = train(lite().replace(min_size_test=128, max_size_test=160), cfg, tiny_shapes["train"], root / "run",
-                 progress=False)
+    ckpt = trained_lite
     onnx_path = export_onnx(ckpt, root / "onnx")
     images = [read_image(p) for p in sorted(Path(tiny_shapes["images"]).glob("*.png"))[:2]]
     return {"checkpoint": ckpt, "onnx": onnx_path, "images": images}

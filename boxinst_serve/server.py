@@ -1,0 +1,222 @@
+"""`boxinst serve`: start the `tritonserver` binary that the nvidia-pytriton wheel ships on a model
+repository, wait until every model is ready, and shut it down cleanly.
+
+The wheel's Python backend needs a stub built for the running Python (DESIGN.md, pitfalls): we
+build a private backend folder of links (never writing into site-packages) and put this
+interpreter's bin folder first on PATH, so the stub's `python3` imports this package and its
+dependencies. Binds to 127.0.0.1 unless told otherwise."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+MODELS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess", "boxinst")
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be started or did not become ready (carries its log tail)."""
+
+
+def pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as e:
+        raise ServerError("the tritonserver binary comes with nvidia-pytriton: "
+                          "`pip install 'boxinst-serve[serve]'`") from e
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"nvidia-pytriton is installed but {root}/bin/tritonserver is missing")
+    return root
+
+
+def build_backend_dir(dest: Path) -> Path:
+    """DEST/python/ with links to the wheel's Python backend and the stub for this Python."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so",
+                root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        link = py / src.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src)
+    return dest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TritonServer:
+    """A running tritonserver. Use as a context manager or call stop()."""
+
+    repository: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    log_path: Path | None = None
+    exit_timeout_s: int = 30
+    process: subprocess.Popen | None = None
+    _workdir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self, backend_dir: Path) -> list[str]:
+        return [str(pytriton_root() / "bin" / "tritonserver"),
+                f"--model-repository={self.repository}",
+                f"--backend-directory={backend_dir}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                "--allow-metrics=true", "--allow-gpu-metrics=false",
+                f"--exit-timeout-secs={self.exit_timeout_s}",
+                "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0"]
+
+    def environment(self) -> dict[str, str]:
+        env = os.environ.copy()
+        # The stub runs the first python3 on PATH: this interpreter's, with this package installed.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # Make the repository's Python models import this very checkout (editable or not).
+        pkg_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # Each step runs in its own stub process: keep their thread pools from oversubscribing.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+        repo = Path(self.repository).resolve()
+        self.repository = repo
+        missing = [m for m in MODELS if not (repo / m / "config.pbtxt").is_file()]
+        if missing:
+            hint = (" (write it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)"
+                    if "boxinst_net" in missing else "")
+            raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)}{hint}")
+        for port in (self.grpc_port, self.http_port, self.metrics_port):
+            with socket.socket() as s:
+                if s.connect_ex((self.host if self.host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+                    raise ServerError(f"port {port} on {self.host} is already in use")
+        self._workdir = tempfile.TemporaryDirectory(prefix="boxinst-serve-")
+        backend_dir = build_backend_dir(Path(self._workdir.name) / "backends")
+        if self.log_path is None:
+            self.log_path = Path(self._workdir.name) / "tritonserver.log"
+        log_file = open(self.log_path, "ab")
+        log.info("starting tritonserver on %s (gRPC %d, HTTP %d, metrics %d), log %s", self.host, self.grpc_port,
+                 self.http_port, self.metrics_port, self.log_path)
+        self.process = subprocess.Popen(self.command(backend_dir), env=self.environment(), stdout=log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log_file.close()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, TypeError):
+            return ""
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout_s
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServerError(f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready(client_timeout=2) and all(
+                            client.is_model_ready(m, client_timeout=2) for m in MODELS):
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (Triton finishes in-flight requests, up to exit_timeout_s), then SIGKILL."""
+        p = self.process
+        code = None
+        if p is not None:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 10)
+                except subprocess.TimeoutExpired:
+                    log.warning("tritonserver did not stop in time: killing it")
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            code = p.returncode
+            self.process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_forever(server: TritonServer, timeout_s: float = 120.0) -> int:
+    """Start, print the endpoint, forward SIGINT/SIGTERM as a clean shutdown, return its exit code."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start(timeout_s)
+        print(f"boxinst serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.host}:{server.http_port}, "
+              f"metrics {server.host}:{server.metrics_port} (Ctrl-C stops)", flush=True)
+        while stop["signal"] is None and server.process is not None and server.process.poll() is None:
+            time.sleep(0.2)
+        if stop["signal"] is None and server.process is not None:
+            code = server.process.returncode
+            print(f"tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
+            server.stop()
+            return code or 1
+        print("stopping (in-flight requests finish first)...", flush=True)
+        server.stop()
+        return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if server.process is not None:
+            server.stop()
+
+
+def which_tritonserver() -> str | None:
+    """Path of the bundled binary, or one on PATH, or None."""
+    try:
+        return str(pytriton_root() / "bin" / "tritonserver")
+    except ServerError:
+        return shutil.which("tritonserver")

@@ -1,0 +1,113 @@
+"""What the Triton steps share with the in-process path: the serving settings written beside
+`boxinst_net` by `boxinst export --triton`, the fixed letterbox canvas that lets Triton's dynamic
+batcher group requests, and the small per-image metadata passed between steps.
+
+Pure numpy/OpenCV: imported by the Python-backend models in `model_repository/` and by tests."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boxinst_serve.config import CONTRACT_VERSION, ModelConfig, padded_size
+from boxinst_serve.files import write_json_atomic
+from boxinst_serve.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, resize_image
+
+SERVING_FILE = "boxinst_serving.json"  # in <repository>/boxinst_net/
+NET_MODEL = "boxinst_net"
+ENSEMBLE_MODEL = "boxinst"
+MASK_FORMATS = ("rle", "bitmap")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """model: the exported network's ModelConfig (class names included); canvas: (h, w) of the
+    landscape letterbox canvas (portrait images use (w, h)); max_pixels: decoded-size limit."""
+
+    model: ModelConfig
+    canvas: tuple[int, int]
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    contract_version: str = CONTRACT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_config": self.model.to_dict(), "canvas": list(self.canvas), "max_pixels": self.max_pixels,
+                "contract_version": self.contract_version}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ServingConfig":
+        return cls(model=ModelConfig.from_dict(d["model_config"]), canvas=tuple(d["canvas"]),
+                   max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)),
+                   contract_version=str(d.get("contract_version", CONTRACT_VERSION)))
+
+    def save(self, net_dir: str | os.PathLike) -> Path:
+        path = Path(net_dir) / SERVING_FILE
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, repository: str | os.PathLike) -> "ServingConfig":
+        """From <repository>/boxinst_net/boxinst_serving.json (written by `boxinst export --triton`)."""
+        path = Path(repository) / NET_MODEL / SERVING_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"'{path}' is missing: write the network into the repository with "
+                                    "`boxinst export --checkpoint CKPT --triton REPOSITORY`")
+        cfg = cls.from_dict(json.loads(path.read_text()))
+        if cfg.contract_version != CONTRACT_VERSION:
+            raise ValueError(f"'{path}' has contract version {cfg.contract_version}, this runtime speaks "
+                             f"{CONTRACT_VERSION}: export the model again")
+        return cfg
+
+
+def default_canvas(cfg: ModelConfig) -> tuple[int, int]:
+    """(h, w) that holds any image resized to min_size_test / max_size_test in landscape."""
+    return (padded_size(cfg.min_size_test, cfg.size_divisibility),
+            padded_size(cfg.max_size_test, cfg.size_divisibility))
+
+
+def canvas_for(image_hw: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
+    """The landscape canvas for landscape or square images, its transpose for portrait ones."""
+    h, w = image_hw
+    ch, cw = canvas
+    return (max(ch, cw), min(ch, cw)) if h > w else (min(ch, cw), max(ch, cw))
+
+
+def letterbox(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
+    """RGB uint8 [H, W, 3] -> (uint8 [Hc, Wc, 3] resized as in prepare_batch and zero-padded at the
+    bottom/right onto the canvas, its ImageMeta). Same pixels as prepare_batch, more padding."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} {tuple(image.shape)}")
+    r = resize_image(image, cfg.min_size_test, cfg.max_size_test)
+    ch, cw = canvas_for(image.shape[:2], canvas)
+    if r.shape[0] > ch or r.shape[1] > cw:
+        raise ValueError(f"resized image {r.shape[1]}x{r.shape[0]} does not fit the {cw}x{ch} canvas")
+    out = np.zeros((ch, cw, 3), dtype=np.uint8)
+    out[: r.shape[0], : r.shape[1]] = r
+    return out, ImageMeta(orig_hw=tuple(image.shape[:2]), resized_hw=tuple(r.shape[:2]))
+
+
+def meta_to_array(meta: ImageMeta) -> np.ndarray:
+    """ImageMeta -> int32 [4] (orig h, orig w, resized h, resized w)."""
+    return np.array([*meta.orig_hw, *meta.resized_hw], dtype=np.int32)
+
+
+def meta_from_array(a: np.ndarray) -> ImageMeta:
+    v = [int(x) for x in np.asarray(a).reshape(-1)[:4]]
+    return ImageMeta(orig_hw=(v[0], v[1]), resized_hw=(v[2], v[3]))
+
+
+def mask_format_of(value: Any) -> str:
+    """The optional `mask_format` input (BYTES [1] or absent) -> 'rle' or 'bitmap'."""
+    if value is None:
+        return "rle"
+    v = np.asarray(value).reshape(-1)
+    if v.size == 0:
+        return "rle"
+    s = v[0].decode("utf-8", "replace") if isinstance(v[0], bytes) else str(v[0])
+    s = s.strip().lower() or "rle"
+    if s not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {s!r}")
+    return s

@@ -1,0 +1,125 @@
+"""Write `boxinst_net` into a Triton model repository (DESIGN.md, "Triton repository contract").
+
+Flavours:
+- `cpu`: a Python-backend model running 1/model.onnx with ONNX Runtime (the tritonserver in the
+  nvidia-pytriton wheel, which `boxinst serve` starts, has only the Python backend);
+- `onnxruntime`: platform onnxruntime_onnx for NVIDIA's GPU container, optionally with the
+  TensorRT execution accelerator;
+- `tensorrt`: platform tensorrt_plan (1/model.plan, built here with TensorRT: build it with the
+  TensorRT of the container that will serve it).
+
+Every flavour also gets boxinst_serving.json (model config, class names, canvas), which the
+pre- and post-processing steps read, and the class names in its config parameters."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from boxinst_serve.config import INPUT_NAME, ModelConfig
+from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
+
+log = logging.getLogger(__name__)
+FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
+CPU_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_onnxruntime_cpu.py"
+
+
+def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
+               trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0) -> str:
+    """config.pbtxt text of boxinst_net for a flavour (inputs/outputs as the network contract)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    k = cfg.max_detections
+    head = {"cpu": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
+            "tensorrt": 'platform: "tensorrt_plan"'}[flavour]
+    # The contract's num_detections is [B]: Triton needs dims [1] reshaped to [] for that.
+    num_reshape = "" if flavour == "cpu" else ", reshape: { shape: [ ] }"
+    kind = "KIND_CPU" if flavour == "cpu" else "KIND_GPU"
+    lines = [
+        f'name: "{NET_MODEL}"',
+        head,
+        f"max_batch_size: {max_batch_size}",
+        "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+        "input [",
+        f'  {{ name: "{INPUT_NAME}", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ] }}',
+        "]",
+        "output [",
+        f'  {{ name: "num_detections", data_type: TYPE_INT32, dims: [ 1 ]{num_reshape} }},',
+        f'  {{ name: "boxes", data_type: TYPE_FP32, dims: [ {k}, 4 ] }},',
+        f'  {{ name: "scores", data_type: TYPE_FP32, dims: [ {k} ] }},',
+        f'  {{ name: "classes", data_type: TYPE_INT32, dims: [ {k} ] }},',
+        f'  {{ name: "masks", data_type: TYPE_UINT8, dims: [ {k}, -1, -1 ] }}',
+        "]",
+        f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
+        "parameters [",
+        f'  {{ key: "class_names", value: {{ string_value: {json.dumps(json.dumps(cfg.class_names))} }} }},',
+        f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }}',
+        "]",
+    ]
+    if flavour == "onnxruntime" and trt_accelerator:
+        precision = "FP16" if fp16 else "FP32"
+        lines += [
+            "optimization { execution_accelerators { gpu_execution_accelerator : [ {",
+            '  name : "tensorrt"',
+            f'  parameters {{ key: "precision_mode" value: "{precision}" }}',
+            '  parameters { key: "max_workspace_size_bytes" value: "4294967296" }',
+            "} ] } }",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLike, flavour: str = "cpu",
+                     onnx_path: str | os.PathLike | None = None, canvas: tuple[int, int] | None = None,
+                     max_batch_size: int = 8, instances: int = 1, trt_accelerator: bool = False,
+                     fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0) -> Path:
+    """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`.
+    Returns the boxinst_net folder. Files are written to a temporary folder and swapped in."""
+    from export.onnx import export_onnx
+
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    repository = Path(repository)
+    if not (repository / "boxinst" / "config.pbtxt").is_file():
+        log.warning("%s has no boxinst ensemble config: copy model_repository/ from this project first", repository)
+    final = repository / NET_MODEL
+    work = repository / f".{NET_MODEL}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    version = work / "1"
+    version.mkdir(parents=True)
+    try:
+        if onnx_path is None:
+            onnx_file = export_onnx(checkpoint, version)
+        else:
+            onnx_file = version / "model.onnx"
+            shutil.copyfile(onnx_path, onnx_file)
+        from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        cfg = OnnxRuntimeEngine(onnx_file).config  # the config the graph was exported with
+        canvas = tuple(canvas) if canvas else default_canvas(cfg)
+        if flavour == "cpu":
+            shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
+        elif flavour == "tensorrt":
+            from export.tensorrt import build_engine
+
+            side_min, side_max = min(canvas), max(canvas)
+            build_engine(onnx_file, (1, side_min, side_min), (1, *canvas), (max_batch_size, side_max, side_max),
+                         fp16=fp16, out_path=version / "model.plan")
+            onnx_file.unlink()
+            (version / "model.json").unlink(missing_ok=True)
+        (work / "config.pbtxt").write_text(net_config(cfg, flavour, max_batch_size, instances, trt_accelerator, fp16,
+                                                      intra_op_threads))
+        serving = ServingConfig(model=cfg, canvas=canvas) if max_pixels is None else \
+            ServingConfig(model=cfg, canvas=canvas, max_pixels=max_pixels)
+        serving.save(work)
+        old = repository / f".{NET_MODEL}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("wrote %s (%s flavour, canvas %sx%s)", final, flavour, canvas[1], canvas[0])
+    return final

@@ -1,0 +1,51 @@
+"""Triton Python-backend step 3: padded network outputs -> instances at the original resolution
+(boxinst_serve.postprocess.to_instances, the same code as in-process inference). `masks_rle`
+holds COCO RLE counts strings; `masks` is filled (uint8 0/1 [N, H, W]) only when mask_format is
+'bitmap', and empty [0, 0, 0] otherwise."""
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from boxinst_serve.postprocess import to_instances
+from boxinst_serve.serving import ServingConfig, mask_format_of, meta_from_array
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.cfg = ServingConfig.load(Path(args["model_repository"]).parent).model
+
+    def _one(self, request):
+        def get(name):
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        fmt = mask_format_of(get("mask_format"))
+        outputs = {"num_detections": get("det_num").reshape(-1), "boxes": get("det_boxes"),
+                   "scores": get("det_scores"), "classes": get("det_classes"), "masks": get("det_masks")}
+        meta = meta_from_array(get("meta"))
+        inst = to_instances(outputs, 0, meta, self.cfg.mask_out_stride, self.cfg.mask_threshold)
+        n = len(inst)
+        counts = np.array([r["counts"].encode("ascii") for r in inst.rle], dtype=np.object_)
+        if fmt == "bitmap":
+            masks = inst.masks.astype(np.uint8)
+        else:
+            masks = np.zeros((0, 0, 0), dtype=np.uint8)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("num_instances", np.array([[n]], dtype=np.int32)),
+            pb_utils.Tensor("boxes", inst.boxes.astype(np.float32).reshape(1, n, 4)),
+            pb_utils.Tensor("scores", inst.scores.astype(np.float32).reshape(1, n)),
+            pb_utils.Tensor("classes", inst.classes.astype(np.int32).reshape(1, n)),
+            pb_utils.Tensor("masks_rle", counts.reshape(1, n)),
+            pb_utils.Tensor("image_size", np.array([inst.image_size], dtype=np.int32)),
+            pb_utils.Tensor("masks", masks[None]),
+        ])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"postprocess: {e}")))
+        return responses

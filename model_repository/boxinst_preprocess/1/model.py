@@ -1,0 +1,43 @@
+"""Triton Python-backend step 1: encoded image bytes -> letterboxed network input + metadata.
+The work is boxinst_serve's (the same code as in-process inference); a bad request gets an error
+response naming the problem and the other requests of the batch are served."""
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from boxinst_serve.preprocess import decode_image
+from boxinst_serve.serving import ServingConfig, letterbox, meta_to_array
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        repository = Path(args["model_repository"]).parent
+        self.serving = ServingConfig.load(repository)
+        params = json.loads(args["model_config"]).get("parameters", {})
+        limit = int(params.get("max_pixels", {}).get("string_value", "0") or 0)
+        self.max_pixels = limit or self.serving.max_pixels
+
+    def _one(self, request):
+        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+        if data.size != 1:
+            raise ValueError(f"'image' must hold exactly one encoded image, got {data.size} elements")
+        raw = data[0]
+        if not isinstance(raw, (bytes, bytearray)):
+            raw = bytes(raw)
+        image = decode_image(raw, source="image", max_pixels=self.max_pixels)
+        canvas, meta = letterbox(image, self.serving.model, self.serving.canvas)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("images", canvas[None]),
+            pb_utils.Tensor("meta", meta_to_array(meta)[None]),
+        ])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess: {e}")))
+        return responses
