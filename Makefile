@@ -32,14 +32,13 @@ demo: install
 		--min-sizes 192,224,256 --max-size 448 --min-size-test 224 --max-size-test 448 --workers 1 \
 		--out $(DEMO)/run --resume-if-exists
 	$(BOXINST) eval --checkpoint $(DEMO)/run/final.pt --data $(DEMO)/shapes/val.json --json $(DEMO)/eval.json
-	$(BOXINST) export --checkpoint $(DEMO)/run/final.pt --format onnx --out $(DEMO)/onnx
-	$(BOXINST) segment --coco $(DEMO)/shapes/val.json --limit 12 --model $(DEMO)/onnx/model.onnx --out $(DEMO)/overlays
+	BOXINST=$(BOXINST) DEMO=$(DEMO) bash scripts/demo_serve.sh
 	@echo ""
 	@echo "demo outputs:"
 	@echo "  checkpoint        $(DEMO)/run/final.pt  (training log: $(DEMO)/run/metrics.jsonl)"
 	@echo "  mask/box AP       $(DEMO)/eval.json"
-	@echo "  ONNX model        $(DEMO)/onnx/model.onnx"
-	@echo "  overlays          $(DEMO)/overlays/*.png  (ONNX Runtime; COCO results: $(DEMO)/overlays/results.json)"
+	@echo "  Triton repository $(DEMO)/repository  (served with boxinst serve; log $(DEMO)/tritonserver.log)"
+	@echo "  overlays          $(DEMO)/overlays/*.png  (through gRPC; COCO results: $(DEMO)/overlays/results.json)"
 
 # The paper's Table-1 style ablation on the shapes set (docs/results.md); about an hour on 2 cores.
 ablation: install

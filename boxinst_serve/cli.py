@@ -121,10 +121,27 @@ def cmd_segment(args: argparse.Namespace) -> int:
         paths += [folder / im["file_name"] for im in coco["images"]][: args.limit or None]
     if not paths:
         raise ValueError("no images given (pass files, folders or --coco JSON)")
-    engine = load_engine(args.model, device=args.device)
-    report = segment_paths(engine, paths, args.out, score_thresh=args.score_thresh, overlays=not args.no_overlays,
-                           progress=not args.quiet)
-    print(f"segmented {report.processed} image(s), {report.instances} instance(s) with score >= "
+    if bool(args.model) == bool(args.url):
+        raise ValueError("give exactly one of --model (in-process) or --url (a running `boxinst serve`)")
+    client = None
+    if args.url:
+        from boxinst_serve.client import BoxInstClient
+        from boxinst_serve.segment import client_predictor
+
+        client = BoxInstClient(args.url, timeout_s=args.timeout)
+        if not client.is_ready():
+            raise RuntimeError(f"no ready boxinst model at {args.url} (start one with `boxinst serve`)")
+        predict = client_predictor(client)
+    else:
+        predict = load_engine(args.model, device=args.device)
+    try:
+        report = segment_paths(predict, paths, args.out, score_thresh=args.score_thresh,
+                               overlays=not args.no_overlays, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"segmented {report.processed} image(s) at {report.images_per_s:.1f} images/s "
+          f"({'server ' + args.url if args.url else args.model}), {report.instances} instance(s) with score >= "
           f"{args.score_thresh}; overlays and {report.results_json}")
     for path, err in report.failed:
         print(f"failed: {path}: {err}", file=sys.stderr)
@@ -172,8 +189,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(server, timeout_s=args.ready_timeout)
 
 
+def cmd_bench_server(args: argparse.Namespace) -> int:
+    """Load on a running server per concurrency, against the in-process latency of the same work."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from boxinst_serve.bench import machine_description
+    from boxinst_serve.bench_server import format_load, measure_in_process, measure_load
+    from boxinst_serve.client import BoxInstClient
+
+    if args.image:
+        data = Path(args.image).read_bytes()
+    else:
+        import cv2
+
+        h, w = args.size or (480, 640)
+        rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        data = cv2.imencode(".png", rgb)[1].tobytes()
+    with BoxInstClient(args.url, timeout_s=60) as c:
+        if not c.is_ready():
+            raise RuntimeError(f"no ready boxinst model at {args.url} (start it with `boxinst serve`)")
+        c.segment(data)
+    in_process = measure_in_process(args.repository, data, iters=args.iters, threads=args.threads)
+    reports = [measure_load(args.url, data, k, args.duration) for k in args.concurrency]
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "url": args.url, "in_process": in_process,
+                          "load": [r.to_dict() for r in reports]}))
+    else:
+        print(f"machine: {machine_description()}; server {args.url}; repository {args.repository}")
+        print(format_load(reports, in_process))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of the PyTorch and ONNX Runtime engines on the same weights and image, one run."""
+    if args.url:
+        return cmd_bench_server(args)
     import tempfile
     from pathlib import Path
 
@@ -314,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
     s.add_argument("inputs", nargs="*", help="image files or folders")
-    s.add_argument("--model", required=True, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
+    s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
+    s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
+    s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--coco", default=None, help="also segment the images listed in this COCO json")
     s.add_argument("--limit", type=int, default=0, help="at most this many images from --coco")
@@ -347,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the runtimes' default)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--url", default=None, help="load-test this server (HOST:PORT, gRPC) instead of engines")
+    s.add_argument("--repository", default="model_repository",
+                   help="--url: the served repository (its ONNX model gives the in-process baseline)")
+    s.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8), help="--url: clients, e.g. 1,2,4,8")
+    s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("info", help="parameter count and GFLOPs of a preset")

@@ -289,3 +289,26 @@ def test_committed_repository_configs_parse_and_chain(served):
         model = configs[s.model_name]
         assert set(s.input_map) == {i.name for i in model.input}
         assert set(s.output_map) == {o.name for o in model.output}
+
+
+def test_segment_command_through_the_server(served, tmp_path, capsys):
+    from boxinst_serve.cli import main
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    code = main(["segment", str(served["images"][0]), str(bad), "--url", served["url"], "--out", str(tmp_path / "o"),
+                 "--quiet"])
+    assert code == 1  # one image failed, and it is named
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "not a decodable image" in err
+    results = __import__("json").loads((tmp_path / "o" / "results.json").read_text())
+    ref = reference(served, served["images"][0].read_bytes())
+    assert len(results) == len(ref) and results[0]["geometry"]["area"] > 0
+    assert (tmp_path / "o" / f"{served['images'][0].stem}.png").is_file()
+
+
+def test_light_client_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            "import boxinst_serve.client, boxinst_serve.results\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
