@@ -232,7 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from boxinst_serve.bench import format_reports, machine_description, measure
+    from boxinst_serve.bench import (PAPER_LINE, dense_flops_per_s, format_reports, machine_description, measure,
+                                     network_flops, staged_latency)
     from boxinst_serve.checkpoint import save_atomic
     from boxinst_serve.config import preset
     from boxinst_serve.engines import load_engine
@@ -259,26 +260,63 @@ def cmd_bench(args: argparse.Namespace) -> int:
             save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, checkpoint)
         image = read_image(args.image) if args.image else \
             np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if args.precision == "fp16" and not args.device.startswith("cuda"):
+            raise ValueError("--precision fp16 needs --device cuda (CPUs run fp32)")
         reports = []
         for name in args.engines.split(","):
             if name == "torch":
                 engine = load_engine(checkpoint, device=args.device)
+                if args.precision == "fp16":
+                    engine.net.half()
             elif name == "onnxruntime":
                 from export.onnx import export_onnx
 
+                if args.precision == "fp16":
+                    raise ValueError("the onnxruntime engine runs the fp32 graph: use torch or tensorrt for fp16")
                 onnx_path = export_onnx(checkpoint, work / "onnx")
                 engine = load_engine(onnx_path, device=args.device, threads=args.threads)
+            elif name == "tensorrt":
+                from export.onnx import export_onnx
+                from export.tensorrt import build_engine
+
+                from boxinst_serve.config import padded_size
+
+                onnx_path = export_onnx(checkpoint, work / "onnx")
+                hw = (padded_size(min(h, w), 32), padded_size(max(h, w), 32))
+                plan = build_engine(onnx_path, (1, *hw), (args.batch, *hw), (args.batch, *hw),
+                                    fp16=args.precision == "fp16")
+                engine = load_engine(plan)
             else:
-                raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime")
-            reports.append(measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup))
+                raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime, tensorrt")
+            report = measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup)
+            if name == "torch" and not args.no_stages:
+                report.stages_ms = staged_latency(engine.net.model, image, batch=args.batch,
+                                                  iters=max(3, args.iters // 2), warmup=1, device=args.device)
+            reports.append(report)
+        # FLOPs of the network at the measured input size (weights do not matter), and the
+        # machine's dense throughput now, in the same run.
+        from boxinst_serve.checkpoint import load_model
+
+        hp, wp = reports[0].input_hw
+        flops = network_flops(load_model(checkpoint, "cpu"), torch.zeros(args.batch, hp, wp, 3, dtype=torch.uint8))
+        dense = dense_flops_per_s(args.device, torch.float16 if args.precision == "fp16" else torch.float32)
+        for r in reports:
+            r.gflops = flops / 1e9
+            r.efficiency = (flops / (r.p50_ms / 1000.0)) / dense
+    summary = {"machine": machine_description(), "device": args.device, "precision": args.precision,
+               "torch_threads": torch.get_num_threads(), "dense_gflops_per_s": dense / 1e9,
+               "paper": PAPER_LINE, "reports": [r.to_dict() for r in reports]}
     if args.json:
-        print(json.dumps({"machine": machine_description(), "torch_threads": torch.get_num_threads(),
-                          "reports": [r.to_dict() for r in reports]}))
+        print(json.dumps(summary))
     else:
-        print(f"machine: {machine_description()}; torch threads {torch.get_num_threads()}")
+        print(f"machine: {machine_description()}; device {args.device}, {args.precision}; "
+              f"torch threads {torch.get_num_threads()}")
+        print(f"dense {'fp16' if args.precision == 'fp16' else 'fp32'} matrix product, measured now: "
+              f"{dense / 1e9:.1f} GFLOP/s; network: {flops / 1e9:.1f} GFLOPs per batch of {args.batch}")
         print(format_reports(reports))
         if len(reports) == 2:
             print(f"{reports[1].engine} / {reports[0].engine} p50 latency: {reports[1].p50_ms / reports[0].p50_ms:.2f}")
+        print(PAPER_LINE)
     return 0
 
 
@@ -394,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="lite")
     s.add_argument("--size", type=_size, default=None, help="test size HxW (short side x max side)")
     s.add_argument("--image", default=None, help="image file (default: random pixels of --size)")
-    s.add_argument("--engines", default="torch,onnxruntime")
+    s.add_argument("--engines", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime, tensorrt")
+    s.add_argument("--engine", dest="engines", help="one engine (same as --engines NAME)")
+    s.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    s.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown of the torch engine")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--iters", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3)

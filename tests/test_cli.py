@@ -91,3 +91,8 @@ def test_bench_reports_latency_figures_as_json(capsys):
     assert report["engine"] == "torch" and report["input_hw"] == [64, 96] and report["iters"] == 2
     assert 0 < report["p50_ms"] <= report["p99_ms"] and report["fps"] > 0
     assert report["network_ms"] > 0 and "machine" in out
+    assert out["paper"] == "paper: ~10 FPS, R-101, 1080Ti" and out["dense_gflops_per_s"] > 0
+    assert report["gflops"] > 0 and 0 < report["efficiency"] < 1.5
+    assert set(report["stages_ms"]) == {"preprocess", "backbone_fpn", "fcos_head", "mask_branch", "decode_nms",
+                                        "dynamic_mask_heads", "paste_masks"}
+    assert all(v >= 0 for v in report["stages_ms"].values())

@@ -77,14 +77,13 @@ def _level_candidates(out: HeadOutputs, cfg: ModelConfig, level: int, image_hw: 
     return boxes, nms_scores, classes, locations, levels, params
 
 
-def detect(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """Decode, class-aware NMS, masks for the kept detections, padded to K = cfg.max_detections.
+def select_detections(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Decode every level, class-aware NMS, keep the top K = cfg.max_detections (padded).
 
-    One implementation for PyTorch and the exported graph: fixed-rank tensors, no per-image
-    Python loops except inside the NMS operator. image_hw: (H, W) of the padded input.
-    Returns the contract outputs: num_detections int32 [B], boxes float [B, K, 4],
-    scores float [B, K], classes int32 [B, K], masks uint8 [B, K, H/4, W/4] (probability x 255).
-    """
+    Fixed-rank tensors, no per-image Python loops except inside the NMS operator (export-safe).
+    image_hw: (H, W) of the padded input. Returns valid bool [B, K], boxes float [B, K, 4],
+    scores [B, K], classes long [B, K], locations [B, K, 2], levels long [B, K] and the
+    controller's dynamic-head parameters params [B, K, P] of the kept detections."""
     bsz = out.mask_feats.shape[0]
     k_max = cfg.max_detections
     device = out.mask_feats.device
@@ -105,26 +104,50 @@ def detect(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, int]) -> dic
     kept_scores = torch.full_like(nms_scores, -1.0)
     kept_scores[selected[:, 0], selected[:, 1]] = nms_scores[selected[:, 0], selected[:, 1]]
     top_scores, top_i = kept_scores.topk(k_max, dim=1)  # [B, K], descending
-    valid = top_scores > 0
 
     def take(t: torch.Tensor) -> torch.Tensor:
         index = top_i.reshape(bsz, k_max, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
         return torch.gather(t, 1, index)
 
-    sel_params = take(params).reshape(bsz * k_max, p)
-    image_index = torch.arange(bsz, device=device).repeat_interleave(k_max)
-    logits = dynamic_mask_logits(out.mask_feats, sel_params, take(locations).reshape(bsz * k_max, 2),
-                                 take(levels).reshape(bsz * k_max), image_index, cfg)
+    return {"valid": top_scores > 0, "boxes": take(boxes), "scores": top_scores, "classes": take(classes),
+            "locations": take(locations), "levels": take(levels), "params": take(params)}
+
+
+def detection_masks(mask_feats: torch.Tensor, sel: dict[str, torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """Dynamic mask heads of the selected detections: mask_feats [B, C, H/8, W/8] (mask branch),
+    sel from select_detections -> uint8 [B, K, H/4, W/4] probability x 255, zero for padding rows."""
+    bsz, k_max, p = sel["params"].shape
+    image_index = torch.arange(bsz, device=mask_feats.device).repeat_interleave(k_max)
+    logits = dynamic_mask_logits(mask_feats, sel["params"].reshape(bsz * k_max, p),
+                                 sel["locations"].reshape(bsz * k_max, 2), sel["levels"].reshape(bsz * k_max),
+                                 image_index, cfg)
     probs = logits.sigmoid().float().reshape(bsz, k_max, logits.shape[2], logits.shape[3])
-    vf = valid.to(probs.dtype)
-    masks = (probs * vf[:, :, None, None] * 255.0 + 0.5).to(torch.uint8)
+    vf = sel["valid"].to(probs.dtype)
+    return (probs * vf[:, :, None, None] * 255.0 + 0.5).to(torch.uint8)
+
+
+def contract_outputs(sel: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The network contract's outputs (DESIGN.md) from a selection and its masks."""
+    valid = sel["valid"]
+    vf = valid.to(sel["boxes"].dtype)
     return {
         "num_detections": valid.sum(dim=1).to(torch.int32),
-        "boxes": take(boxes) * vf[:, :, None],
-        "scores": top_scores.clamp(min=0) * vf,
-        "classes": (take(classes) * valid.long()).to(torch.int32),
+        "boxes": sel["boxes"] * vf[:, :, None],
+        "scores": sel["scores"].clamp(min=0) * vf,
+        "classes": (sel["classes"] * valid.long()).to(torch.int32),
         "masks": masks,
     }
+
+
+def detect(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Decode, class-aware NMS, masks for the kept detections, padded to K = cfg.max_detections.
+
+    One implementation for PyTorch and the exported graph. image_hw: (H, W) of the padded input.
+    Returns the contract outputs: num_detections int32 [B], boxes float [B, K, 4],
+    scores float [B, K], classes int32 [B, K], masks uint8 [B, K, H/4, W/4] (probability x 255).
+    """
+    sel = select_detections(out, cfg, image_hw)
+    return contract_outputs(sel, detection_masks(out.mask_feats, sel, cfg))
 
 
 class InferenceModel(nn.Module):

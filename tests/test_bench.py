@@ -1,0 +1,52 @@
+"""The FLOP count that `boxinst bench` reports, against hand counts."""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from boxinst_serve.bench import dense_flops_per_s, network_flops
+from boxinst_serve.config import lite
+from boxinst_serve.model import build_model
+from boxinst_serve.model.dynamic_head import dynamic_mask_logits
+
+
+def test_dynamic_mask_heads_flops_match_a_hand_count():
+    cfg = lite(num_classes=3)
+    n, h, w = 5, 8, 12  # instances, mask-branch feature size (stride 8)
+    feats = torch.randn(1, cfg.mask_branch_out_channels, h, w)
+    params = torch.randn(n, cfg.num_controller_params)
+    locations = torch.rand(n, 2) * 64
+    with FlopCounterMode(display=False) as counter:
+        dynamic_mask_logits(feats, params, locations, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                            cfg)
+    # three 1x1 layers per instance over the stride-8 map: (C+2 -> 8), (8 -> 8), (8 -> 1); 2 FLOPs per MAC
+    c_in = cfg.mask_branch_out_channels + 2
+    ch = cfg.mask_head_channels
+    macs_per_pixel = c_in * ch + ch * ch + ch * 1
+    assert counter.get_total_flops() == 2 * macs_per_pixel * h * w * n
+
+
+def test_resnet18_body_matches_torchvisions_documented_count():
+    # torchvision documents ResNet-18 at 224x224 as 1.814 GFLOPS counting multiply-adds; our
+    # counter counts 2 FLOPs per multiply-add. The fc layer (0.5 M MACs) is not in our body.
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    body = torch.nn.Sequential(*list(resnet18().children())[:-2]).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        body(torch.zeros(1, 3, 224, 224))
+    documented_macs = ResNet18_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9
+    assert abs(counter.get_total_flops() / 2 - documented_macs) / documented_macs < 0.01
+
+
+def test_network_flops_grow_with_the_input_and_do_not_depend_on_weights():
+    cfg = lite(num_classes=3).replace(min_size_test=64, max_size_test=96)
+    a = network_flops(build_model(cfg), torch.zeros(1, 64, 96, 3, dtype=torch.uint8))
+    torch.manual_seed(1)
+    b = network_flops(build_model(cfg), torch.zeros(1, 64, 96, 3, dtype=torch.uint8))
+    big = network_flops(build_model(cfg), torch.zeros(1, 128, 192, 3, dtype=torch.uint8))
+    assert a == b > 0
+    assert 3.0 < big / a < 4.5  # convolutions scale with pixels; the K dynamic heads too
+
+
+def test_dense_throughput_is_measured():
+    assert dense_flops_per_s("cpu", n=256, seconds=0.2) > 1e8
