@@ -47,5 +47,10 @@ demo: install
 ablation: install
 	$(PY) -m training.ablation --out outputs/ablation
 
+# CPU latency regression guard (a few minutes; not part of make test): prints the tables.
+bench: install
+	$(BOXINST) bench --config lite --size 384x512 --engines torch,onnxruntime --iters 20 --warmup 3 --score-thresh 0
+	$(BOXINST) bench --config r50_fpn --size 800x1333 --engines onnxruntime --iters 5 --warmup 1 --score-thresh 0
+
 clean:
 	rm -rf outputs

@@ -246,16 +246,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="boxinst-bench-") as tmp:  # exports and resized weights
         work = Path(tmp)
         checkpoint = args.checkpoint
+        overrides = {} if args.score_thresh is None else {"score_thresh": args.score_thresh}
         if checkpoint is None:  # speed does not depend on the weights: a freshly initialised preset
-            cfg = preset(args.config).replace(min_size_test=min(h, w), max_size_test=max(h, w))
+            cfg = preset(args.config).replace(min_size_test=min(h, w), max_size_test=max(h, w), **overrides)
             torch.manual_seed(0)
             checkpoint = work / f"{cfg.name}.pt"
             save_atomic({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict()}, checkpoint)
-        elif args.size_given:
+        elif args.size_given or overrides:
             from boxinst_serve.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(checkpoint)
-            cfg = ckpt["model_config"].replace(min_size_test=min(h, w), max_size_test=max(h, w))
+            cfg = ckpt["model_config"]
+            if args.size_given:
+                cfg = cfg.replace(min_size_test=min(h, w), max_size_test=max(h, w))
+            cfg = cfg.replace(**overrides)
             checkpoint = work / "resized.pt"
             save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, checkpoint)
         image = read_image(args.image) if args.image else \
@@ -436,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", dest="engines", help="one engine (same as --engines NAME)")
     s.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     s.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown of the torch engine")
+    s.add_argument("--score-thresh", type=float, default=None,
+                   help="override the config's score threshold; 0 keeps all K = max_detections candidates, "
+                        "the worst case for the mask heads and pasting (fresh weights otherwise detect nothing)")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--iters", type=int, default=20)
     s.add_argument("--warmup", type=int, default=3)
