@@ -90,6 +90,37 @@ def with_box_masks(results: list[dict[str, Any]], gt: COCO) -> list[dict[str, An
     return out
 
 
+def matched_mask_iou(gt: COCO, results: list[dict[str, Any]], score_thresh: float = 0.1,
+                     match_iou: float = 0.5) -> dict[str, float]:
+    """Mask quality apart from detection: for each GT object, the detection (score > score_thresh)
+    with the highest box IoU, if >= match_iou; mean mask IoU of those pairs, and of their filled
+    boxes for comparison. Returns {"matched", "objects", "mask_iou", "filled_box_iou"}."""
+    from pycocotools import mask as mask_utils
+
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["score"] > score_thresh:
+            by_image.setdefault(r["image_id"], []).append(r)
+    boxed = {id(r): b for r, b in zip(results, with_box_masks(results, gt))}
+    ious, box_ious, objects = [], [], 0
+    for img_id in gt.getImgIds():
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=[img_id], iscrowd=False))
+        objects += len(anns)
+        dets = by_image.get(img_id, [])
+        if not dets:
+            continue
+        overlaps = mask_utils.iou([a["bbox"] for a in anns], [d["bbox"] for d in dets], [0] * len(dets))
+        for a, row in zip(anns, np.atleast_2d(overlaps)):
+            j = int(np.argmax(row))
+            if row[j] < match_iou:
+                continue
+            g = gt.annToRLE(a)
+            ious.append(float(mask_utils.iou([dets[j]["segmentation"]], [g], [0])[0][0]))
+            box_ious.append(float(mask_utils.iou([boxed[id(dets[j])]["segmentation"]], [g], [0])[0][0]))
+    return {"matched": len(ious), "objects": objects, "mask_iou": float(np.mean(ious)) if ious else 0.0,
+            "filled_box_iou": float(np.mean(box_ious)) if box_ious else 0.0}
+
+
 def format_table(report: dict[str, Any]) -> str:
     lines = ["| task | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---|" * len(METRIC_NAMES)]
     for task in ("bbox", "segm"):
