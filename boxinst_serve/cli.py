@@ -189,6 +189,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(server, timeout_s=args.ready_timeout)
 
 
+def cmd_video(args: argparse.Namespace) -> int:
+    """Segment video files, a folder of videos or a camera: OUT/<video>/instances.jsonl (+ overlay.mp4)."""
+    from boxinst_serve.video import camera_index, client_batch_predictor, engine_batch_predictor, process_videos
+
+    if bool(args.model) == bool(args.url):
+        raise ValueError("give exactly one of --model (in-process) or --url (a running `boxinst serve`)")
+    if args.batch_size < 1 or args.every < 1:
+        raise ValueError("--batch-size and --every must be >= 1")
+    client = None
+    if args.url:
+        from boxinst_serve.client import BoxInstClient
+
+        client = BoxInstClient(args.url, timeout_s=args.timeout, max_workers=max(args.batch_size, 1))
+        if not client.is_ready():
+            raise RuntimeError(f"no ready boxinst model at {args.url} (start one with `boxinst serve`)")
+        predict = client_batch_predictor(client)
+    else:
+        from boxinst_serve.engines import load_engine
+
+        predict = engine_batch_predictor(load_engine(args.model, device=args.device))
+    try:
+        summary = process_videos(args.input, args.out, predict, batch_size=args.batch_size, every=args.every,
+                                 overlay=args.overlay, score_thresh=args.score_thresh, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+    print(summary.format(args.score_thresh) + f" ({'server ' + args.url if args.url else args.model}); "
+          f"results in {args.out}")
+    for r in summary.failed:
+        print(f"failed: {r.error}", file=sys.stderr)
+    if summary.interrupted and camera_index(args.input) is None:  # Ctrl-C is how a camera run ends
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    """Pseudo-label masks for the ground-truth boxes of a COCO json (BoxInst's auto-labelling use)."""
+    from boxinst_serve.annotate import annotate, mask_iou_report
+
+    report = annotate(args.model, args.data, args.images, args.out, device=args.device,
+                      iou_thresh=args.iou_thresh, progress=not args.quiet)
+    print(f"wrote {args.out}: {report.annotations} annotation(s) in {report.images} image(s): "
+          f"{report.from_detections} from matching detections, {report.from_locations} from the best location "
+          f"in the box, {report.filled_boxes} filled-box fallback(s) (empty masks)")
+    if args.report:
+        iou = mask_iou_report(args.out, args.data, report.detections, iou_thresh=args.iou_thresh)
+        if iou["objects"] == 0:
+            print("--report: the input json has no true segmentations to compare with", file=sys.stderr)
+        else:
+            print(f"mask IoU against the true masks over {iou['objects']} object(s): pseudo-labels "
+                  f"{iou['pseudo_label_miou']:.3f}, plain detector {iou['detector_miou']:.3f} "
+                  f"({iou['detector_matched']} matched a detection with box IoU >= {args.iou_thresh}; "
+                  f"unmatched count as 0)")
+    return 0
+
+
 def cmd_bench_server(args: argparse.Namespace) -> int:
     """Load on a running server per concurrency, against the in-process latency of the same work."""
     from pathlib import Path
@@ -419,6 +476,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("video", help="segment videos (file, folder, camera index): jsonl per frame, overlay")
+    s.add_argument("input", help="video file, folder of videos, or a camera index such as 0")
+    s.add_argument("--out", required=True, help="output folder (one sub-folder per video)")
+    s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
+    s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
+    s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
+    s.add_argument("--batch-size", type=int, default=8, help="frames per engine call (--url: sent concurrently)")
+    s.add_argument("--every", type=int, default=1, help="process frames 0, N, 2N, ...")
+    s.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the masks drawn")
+    s.add_argument("--score-thresh", type=float, default=0.3, help="drawn/counted instances")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_video)
+
+    s = sub.add_parser("annotate", help="pseudo-label masks for the boxes of a COCO json (auto-labelling)")
+    s.add_argument("--data", required=True, help="COCO json with boxes")
+    s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
+    s.add_argument("--model", required=True, help="checkpoint (.pt)")
+    s.add_argument("--out", required=True, help="COCO json written with segmentation (RLE) and area added")
+    s.add_argument("--iou-thresh", type=float, default=0.5, help="box IoU for using a detection's mask")
+    s.add_argument("--report", action="store_true",
+                   help="mean mask IoU against the input's true masks, pseudo-labels vs the plain detector")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_annotate)
 
     s = sub.add_parser("serve", help="serve a model repository with Triton (gRPC) until Ctrl-C")
     s.add_argument("--repository", default="model_repository")
