@@ -283,6 +283,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of the PyTorch and ONNX Runtime engines on the same weights and image, one run."""
     if args.url:
         return cmd_bench_server(args)
+    if args.video:
+        from boxinst_serve.bench import machine_description
+        from boxinst_serve.bench_video import format_video, measure_video
+        from boxinst_serve.engines import load_engine
+
+        if not args.checkpoint:
+            raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
+        result = measure_video(args.video, load_engine(args.checkpoint, device=args.device),
+                               batch_sizes=args.batch_sizes)
+        result["machine"] = machine_description()
+        print(json.dumps(result) if args.json else f"machine: {result['machine']}\n{format_video(result)}")
+        return 0
     import tempfile
     from pathlib import Path
 
@@ -536,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository",
                    help="--url: the served repository (its ONNX model gives the in-process baseline)")
     s.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8), help="--url: clients, e.g. 1,2,4,8")
+    s.add_argument("--video", default=None,
+                   help="video throughput on this clip: plain one-frame loop vs `boxinst video` at --batch-sizes "
+                        "(model from --checkpoint: .pt, .onnx or .plan)")
+    s.add_argument("--batch-sizes", type=_ints, default=(1, 4, 8), help="--video: batch sizes to measure")
     s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 

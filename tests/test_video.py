@@ -274,3 +274,15 @@ def test_failures_up_to_an_overstated_frame_count_are_the_end(monkeypatch, tmp_p
     report = video.process_video("x.mp4", tmp_path / "x", no_instances, batch_size=3, progress=False)
     assert report.error is None and report.done and report.frames_failed == 0
     assert [r["frame"] for r in read_lines(tmp_path / "x" / JSONL)] == list(range(8))
+
+
+def test_bench_video_compares_the_plain_loop_with_batched_runs(clip, onnx_model, capsys):
+    from boxinst_serve.cli import main
+
+    assert main(["bench", "--video", str(clip), "--checkpoint", str(onnx_model), "--batch-sizes", "1,4",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["rows"]
+    assert [(r["path"], r["batch"]) for r in rows] == [("plain loop", 1), ("boxinst video", 1), ("boxinst video", 4)]
+    assert len({r["frames"] for r in rows}) == 1 and rows[0]["frames"] > 0
+    assert all(r["frames_per_s"] > 0 for r in rows)
