@@ -119,3 +119,46 @@ def test_truncated_jpeg_is_refused_whatever_opencv_would_do():
         with pytest.raises(ImageDecodeError, match="truncated JPEG"):
             decode_image(data[:cut])
     assert decode_image(data + b"trailing bytes").shape == (120, 160, 3)
+
+
+def _dense_reference(m: np.ndarray, meta: ImageMeta, stride: int = 4, threshold: float = 0.5) -> np.ndarray:
+    """SPEC's steps done densely, pixel by pixel: aligned-bilinear sample of the stride-s map at
+    the composite coordinate of every original pixel, then threshold."""
+    oh, ow = meta.orig_hw
+    rh, rw = meta.resized_hw
+    ys = np.clip(((np.arange(oh) + 0.5) * rh / oh - 0.5) / stride - 0.5, 0, m.shape[0] - 1)
+    xs = np.clip(((np.arange(ow) + 0.5) * rw / ow - 0.5) / stride - 0.5, 0, m.shape[1] - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, m.shape[0] - 1), np.minimum(x0 + 1, m.shape[1] - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    mf = m.astype(np.float64)
+    v = (mf[y0][:, x0] * (1 - fy) * (1 - fx) + mf[y0][:, x1] * (1 - fy) * fx
+         + mf[y1][:, x0] * fy * (1 - fx) + mf[y1][:, x1] * fy * fx)
+    return v > threshold * 255
+
+
+@pytest.mark.parametrize("orig,resized", [((50, 100), (32, 64)), ((480, 640), (384, 512)), ((97, 61), (128, 80)),
+                                          ((64, 64), (64, 64))])
+def test_roi_paste_and_rle_equal_the_dense_computation(orig, resized):
+    from pycocotools import mask as mask_utils
+
+    from boxinst_serve.postprocess import encode_rois, paste_mask_rois
+
+    rng = np.random.default_rng(1)
+    meta = ImageMeta(orig_hw=orig, resized_hw=resized)
+    hs, ws = -(-resized[0] // 32) * 8, -(-resized[1] // 32) * 8  # padded input / 4
+    masks = np.zeros((6, hs, ws), np.uint8)
+    masks[0, 1:3, 2:5] = 200  # small blob
+    masks[1] = 255  # everything, touching every border (runs cross columns)
+    masks[2, :, 0] = 255  # a full-height column at the left edge
+    masks[3] = (rng.random((hs, ws)) * 255).astype(np.uint8)  # noise, many runs
+    masks[4, -2:, -3:] = 130  # corner at the bottom right, just over the threshold
+    # masks[5] stays empty
+    rois = paste_mask_rois(masks, meta)
+    rles = encode_rois(rois, *orig)
+    dense = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode()} for r in rles]).transpose(2, 0, 1)
+    for i in range(len(masks)):
+        want = _dense_reference(masks[i], meta)
+        np.testing.assert_array_equal(dense[i].astype(bool), want, err_msg=f"mask {i}")
+        assert rles[i]["counts"] == mask_utils.encode(np.asfortranarray(want.astype(np.uint8)))["counts"].decode()
+    assert dense[5].sum() == 0 and dense[1].all()
