@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 
 # The whole suite, the slow box-only training test (about 12 minutes on 2 cores) included.
 test: install
-	$(PY) -m pytest -q tests
+	mkdir -p outputs
+	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q tests
 
 # Everything but the slow training test (about 3 minutes).
 test-fast: install
