@@ -149,6 +149,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="boxinst-export-") as tmp:
+        if args.test_size:  # the serving size travels in the config (ONNX metadata, Triton canvas)
+            from boxinst_serve.checkpoint import load_checkpoint, save_atomic
+
+            ckpt = load_checkpoint(args.checkpoint)
+            cfg = ckpt["model_config"].replace(min_size_test=min(args.test_size), max_size_test=max(args.test_size))
+            args.checkpoint = str(Path(tmp) / "resized.pt")
+            save_atomic({"model": ckpt["model"], "model_config": cfg.to_dict()}, args.checkpoint)
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.triton:
@@ -464,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--triton --flavour onnxruntime: TensorRT execution accelerator")
     s.add_argument("--max-pixels", type=int, default=None, help="--triton: decoded-size limit (default 50 MP)")
     s.add_argument("--max-detections", type=int, default=None, help="K of the padded outputs (default: config)")
+    s.add_argument("--test-size", type=_size, default=None, metavar="SHORTxMAX",
+                   help="inference resize (short side x max side) to record in the export, e.g. 384x640 "
+                        "(default: the checkpoint's)")
     s.add_argument("--opset", type=int, default=18)
     s.add_argument("--onnx", default=None, help="tensorrt: build from this ONNX file (default: OUT/model.onnx)")
     s.add_argument("--fp16", action="store_true", help="tensorrt: allow FP16 kernels")

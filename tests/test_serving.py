@@ -312,3 +312,15 @@ def test_light_client_imports_without_torch():
             "import boxinst_serve.client, boxinst_serve.results\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_export_records_the_serving_size_in_the_repository(trained_lite, tmp_path):
+    from boxinst_serve.cli import main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_net*"))
+    assert main(["export", "--checkpoint", str(trained_lite), "--triton", str(repo), "--test-size", "256x320"]) == 0
+    serving = ServingConfig.load(repo)
+    assert (serving.model.min_size_test, serving.model.max_size_test) == (256, 320)
+    assert serving.canvas == (256, 320)
+    assert (repo / "boxinst_net" / "1" / "model.py").is_file() and not list(repo.glob(".boxinst_net*"))
