@@ -111,3 +111,16 @@ def mask_format_of(value: Any) -> str:
     if s not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {s!r}")
     return s
+
+
+def respond_each(requests: list, handle, pb_utils, step: str) -> list:
+    """The Python-backend steps' execute(): one response per request, `handle(request)` or, if it
+    raises, an error response naming the step and the problem, so one bad request never fails the
+    others of its dynamic batch."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{step}: {e}")))
+    return responses

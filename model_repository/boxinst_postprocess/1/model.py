@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.postprocess import to_instances
-from boxinst_serve.serving import ServingConfig, mask_format_of, meta_from_array
+from boxinst_serve.serving import ServingConfig, mask_format_of, meta_from_array, respond_each
 
 
 class TritonPythonModel:
@@ -42,10 +42,4 @@ class TritonPythonModel:
         ])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"postprocess: {e}")))
-        return responses
+        return respond_each(requests, self._one, pb_utils, "postprocess")

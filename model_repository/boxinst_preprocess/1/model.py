@@ -4,11 +4,10 @@ response naming the problem and the other requests of the batch are served."""
 import json
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.preprocess import decode_image
-from boxinst_serve.serving import ServingConfig, letterbox, meta_to_array
+from boxinst_serve.serving import ServingConfig, letterbox, meta_to_array, respond_each
 
 
 class TritonPythonModel:
@@ -34,10 +33,4 @@ class TritonPythonModel:
         ])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess: {e}")))
-        return responses
+        return respond_each(requests, self._one, pb_utils, "preprocess")
