@@ -164,6 +164,7 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
     dynamic mask heads, mask pasting (+ RLE)."""
     import torch
 
+    from boxinst_serve.model.condinst import HeadOutputs
     from boxinst_serve.model.postprocess import contract_outputs, detection_masks, select_detections
 
     cfg = model.cfg
@@ -186,8 +187,6 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
             mask_feats = model.mask_branch(feats)
             _sync(device)
             t.append(time.perf_counter())
-            from boxinst_serve.model.condinst import HeadOutputs
-
             out = HeadOutputs(cls_logits, bbox_reg, centerness, controller, mask_feats)
             sel = select_detections(out, cfg, (x.shape[1], x.shape[2]))
             _sync(device)
