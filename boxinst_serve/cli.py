@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
     final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=resume,
-                  device=args.device, pretrained_backbone=args.pretrained_backbone, progress=not args.quiet)
+                  device=args.device, pretrained_backbone=args.pretrained_backbone, init_checkpoint=args.init,
+                  progress=not args.quiet)
     print(f"checkpoint: {final}")
     return 0
 
@@ -433,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pairwise-warmup-iters", type=int, default=None,
                    help="default: 10000 scaled to --iters/90000")
     s.add_argument("--supervision", default="box", choices=("box", "mask", "mixed"))
-    s.add_argument("--box-loss", default="boxinst", choices=("boxinst", "projection", "filled_box"),
-                   help="loss for instances without masks (ablations: projection only, filled box)")
+    s.add_argument("--box-loss", default="boxinst", choices=("boxinst", "projection", "filled_box", "none"),
+                   help="loss for instances without masks (ablations: projection only, filled box; "
+                        "none: detection losses only)")
     s.add_argument("--tau", type=float, default=0.3, help="pairwise colour-similarity threshold")
     s.add_argument("--topk-proposals", type=int, default=64, help="mask-loss instances per image")
     s.add_argument("--min-sizes", type=_ints, default=None, help="training short sides, e.g. 640,672,704")
@@ -449,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu, cuda")
     s.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     s.add_argument("--pretrained-backbone", default=None, help="torchvision ResNet state-dict file")
+    s.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from all weights of another run's checkpoint (same config and classes), "
+                        "with a fresh schedule")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--resume-if-exists", action="store_true", help="resume when OUT/last.pt exists, else start")
     s.add_argument("--quiet", action="store_true")

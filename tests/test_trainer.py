@@ -152,3 +152,45 @@ def test_ctrl_c_stops_at_an_iteration_boundary_and_resume_matches(tiny_shapes, t
     resumed = trainer.train(lite(), cfg, tiny_shapes["train"], tmp_path / "b", resume=True, progress=False)
     a, b = load_checkpoint(straight)["model"], load_checkpoint(resumed)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_starts_from_all_weights_of_another_run(tiny_shapes, tmp_path):
+    first = trainer.train(lite(), _cfg(2), tiny_shapes["train"], tmp_path / "a", progress=False)
+    # lr 0: the parameters cannot move, so the second run ends where its initialisation put them.
+    second = trainer.train(lite(), _cfg(2, lr=0.0), tiny_shapes["train"], tmp_path / "b",
+                           init_checkpoint=str(first), progress=False)
+    scratch = trainer.train(lite(), _cfg(2, lr=0.0, seed=5), tiny_shapes["train"], tmp_path / "c", progress=False)
+    a, b, c = (load_checkpoint(p)["model"] for p in (first, second, scratch))
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]  # BN statistics move with lr 0
+    assert all(torch.equal(a[k], b[k]) for k in params)
+    assert not all(torch.equal(a[k], c[k]) for k in params)  # without --init it would not
+    assert load_checkpoint(second)["iteration"] == 2  # a fresh schedule, not the other run's
+
+
+def test_init_from_another_architecture_or_class_list_is_a_clear_error(tiny_shapes, tmp_path):
+    from boxinst_serve.checkpoint import save_atomic
+    from boxinst_serve.model import build_model
+
+    first = trainer.train(lite(), _cfg(1), tiny_shapes["train"], tmp_path / "a", progress=False)
+    ckpt = torch.load(first, weights_only=True)
+    renamed = dict(ckpt, model_config=dict(ckpt["model_config"], class_names=["x"] * 7))
+    save_atomic(renamed, tmp_path / "renamed.pt")
+    with pytest.raises(ValueError, match="classes"):
+        trainer.train(lite(), _cfg(1), tiny_shapes["train"], tmp_path / "b", init_checkpoint=str(tmp_path / "renamed.pt"),
+                      progress=False)
+    narrow = load_checkpoint(first)["model_config"].replace(head_channels=32)
+    save_atomic({"model": build_model(narrow).state_dict(), "model_config": narrow.to_dict()}, tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match="another architecture"):
+        trainer.train(lite(), _cfg(1), tiny_shapes["train"], tmp_path / "c", init_checkpoint=str(tmp_path / "narrow.pt"),
+                      progress=False)
+
+
+def test_detection_only_training_has_no_mask_loss(tiny_shapes, tmp_path):
+    from training.config import LossConfig
+
+    trainer.train(lite(), _cfg(2, loss=LossConfig(box_loss="none")), tiny_shapes["train"], tmp_path / "a",
+                  progress=False)
+    for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        assert m["loss_prj"] == m["loss_pairwise"] == m["loss_mask"] == 0.0
+        assert m["loss_fcos_cls"] > 0 and m["loss_fcos_loc"] > 0

@@ -7,8 +7,9 @@ from typing import Any
 
 SUPERVISION_MODES = ("box", "mask", "mixed")
 # How instances without a GT mask are supervised: the BoxInst losses, the projection term alone
-# (ablation), or dice against the filled box (the paper's naive baseline).
-BOX_LOSSES = ("boxinst", "projection", "filled_box")
+# (ablation), dice against the filled box (the paper's naive baseline), or not at all ("none":
+# detection losses only, for the ablation's shared detector pre-training).
+BOX_LOSSES = ("boxinst", "projection", "filled_box", "none")
 
 # The paper's COCO schedule: 90k iterations, warm-up 1000, steps at 60k and 80k, pairwise warm-up 10k.
 REFERENCE_ITERS = 90000

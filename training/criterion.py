@@ -80,7 +80,7 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
     sel_b, sel_l = pos_b[keep], pos_l[keep]
     sel_gt = gt_idx[sel_b, sel_l]
     zero = out.mask_feats.sum() * 0 + flat["controller"].sum() * 0
-    if keep.numel() == 0:
+    if keep.numel() == 0 or (loss_cfg.supervision == "box" and loss_cfg.box_loss == "none"):
         return {"loss_prj": zero, "loss_pairwise": zero, "loss_mask": zero}
 
     logits = dynamic_mask_logits(out.mask_feats, flat["controller"][sel_b, sel_l], flat["locations"][sel_l],

@@ -135,10 +135,31 @@ class _GracefulStop:
         return restore
 
 
+def _init_from(model: nn.Module, model_cfg: ModelConfig, path: str) -> None:
+    """Load all weights of checkpoint `path` into `model`; a different architecture or class list
+    is an error naming the difference (a partial load would silently train something else)."""
+    init = load_checkpoint(path)
+    names = list(init["model_config"].class_names)
+    if names != list(model_cfg.class_names):
+        raise ValueError(f"--init checkpoint '{path}' was trained on classes {names}, this data has "
+                         f"{list(model_cfg.class_names)}")
+    try:
+        model.load_state_dict(init["model"])
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        raise ValueError(f"--init checkpoint '{path}' has another architecture than "
+                         f"'{model_cfg.name}': {str(e).splitlines()[0]}") from e
+    log.info("initialised all weights from %s (iteration %s of that run)", path, init.get("iteration"))
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
           images_dir: str | None = None, resume: bool = False, device: str = "auto",
-          pretrained_backbone: str | None = None, progress: bool = True) -> Path:
-    """Train and return the path of the final checkpoint (`out_dir/final.pt`)."""
+          pretrained_backbone: str | None = None, init_checkpoint: str | None = None,
+          progress: bool = True) -> Path:
+    """Train and return the path of the final checkpoint (`out_dir/final.pt`).
+
+    `init_checkpoint`: start from the weights of another run's checkpoint (same architecture and
+    classes) with a fresh schedule and optimizer; ignored when resuming (the resumed run already
+    holds them)."""
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     info = init_distributed(dev)
@@ -176,6 +197,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
         state = torch.load(pretrained_backbone, map_location="cpu", weights_only=True)
         missing = model.backbone.load_backbone_weights(state)
         log.info("loaded backbone weights from %s (%d missing keys)", pretrained_backbone, len(missing))
+    if init_checkpoint and ckpt is None:
+        _init_from(model, model_cfg, init_checkpoint)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(dev).train()
