@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from boxinst_serve.checkpoint import load_model
+from boxinst_serve.coco import mask_iou, match_to_detections, segmentation_to_rle
 from boxinst_serve.config import ModelConfig
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
@@ -75,33 +75,6 @@ def category_maps(categories: list[dict[str, Any]], cfg: ModelConfig) -> tuple[d
         class_to_cat = [ids[c] if c < len(ids) else -1 for c in range(cfg.num_classes)]
     cat_to_class = {cat: c for c, cat in enumerate(class_to_cat) if cat >= 0}
     return cat_to_class, class_to_cat
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """xyxy boxes a [N, 4], b [M, 4] -> IoU [N, M]."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), dtype=np.float64)
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def best_match(ious: np.ndarray, det_classes: np.ndarray, gt_class: int | None, iou_thresh: float) -> int | None:
-    """Index of the detection (row of ious [D]) with the highest IoU >= iou_thresh, a detection
-    of gt_class preferred; None when none reaches the threshold."""
-    ok = ious >= iou_thresh
-    if not ok.any():
-        return None
-    if gt_class is not None:
-        same = ok & (det_classes == gt_class)
-        if same.any():
-            ok = same
-    return int(np.argmax(np.where(ok, ious, -1.0)))
 
 
 def box_region(box_xyxy: np.ndarray, h: int, w: int) -> tuple[int, int, int, int]:
@@ -166,13 +139,14 @@ def annotate(model_path: str | os.PathLike, data_json: str | os.PathLike, images
                            cfg.mask_threshold, cfg.class_names)
         report.detections.extend(det.to_coco(im["id"], [c if c >= 0 else i for i, c in enumerate(class_to_cat)]))
 
-        gt = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                       for a in anns], dtype=np.float64).reshape(-1, 4)
-        ious = box_iou(gt, det.boxes)
+        gt_xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        gt = np.concatenate([gt_xywh[:, :2], gt_xywh[:, :2] + gt_xywh[:, 2:]], axis=1)  # xyxy
+        det_xywh = np.concatenate([det.boxes[:, :2], det.boxes[:, 2:] - det.boxes[:, :2]], axis=1)
+        matches = match_to_detections(gt_xywh, det_xywh, iou_thresh,
+                                      [cat_to_class.get(a.get("category_id")) for a in anns], det.classes)
         masks = np.zeros((len(anns), h, w), dtype=bool)
         source = ["location"] * len(anns)
-        for g, ann in enumerate(anns):
-            d = best_match(ious[g], det.classes, cat_to_class.get(ann.get("category_id")), iou_thresh)
+        for g, d in enumerate(matches):
             if d is not None:
                 masks[g] = det.masks[d]
                 source[g] = "detection"
@@ -206,22 +180,6 @@ def annotate(model_path: str | os.PathLike, data_json: str | os.PathLike, images
     return report
 
 
-def _rle(seg: Any, h: int, w: int) -> dict[str, Any] | None:
-    """A COCO segmentation (polygons, RLE with str/bytes counts, uncompressed RLE) -> compressed RLE."""
-    if not seg:
-        return None
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, *seg["size"])
-    counts = seg["counts"]
-    return {"size": list(seg["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def _mask_iou(a: dict[str, Any], b: dict[str, Any]) -> float:
-    return float(mask_utils.iou([a], [b], [0])[0][0])
-
-
 def mask_iou_report(pred_json: str | os.PathLike | dict, gt_json: str | os.PathLike | dict,
                     detections: list[dict[str, Any]] | None = None, iou_thresh: float = 0.5) -> dict[str, Any]:
     """Mean mask IoU against the true masks of gt_json, over its annotations that have one:
@@ -242,27 +200,25 @@ def mask_iou_report(pred_json: str | os.PathLike | dict, gt_json: str | os.PathL
         if ann.get("image_id") not in sizes:
             continue
         h, w = sizes[ann["image_id"]]
-        true = _rle(ann.get("segmentation"), h, w)
+        true = segmentation_to_rle(ann.get("segmentation"), h, w)
         if true is None:
             continue
         p = pred_by_id.get(ann.get("id"))
-        p_rle = _rle(p.get("segmentation"), h, w) if p else None
-        pseudo.append(_mask_iou(p_rle, true) if p_rle is not None else 0.0)
+        p_rle = segmentation_to_rle(p.get("segmentation"), h, w) if p else None
+        pseudo.append(mask_iou(p_rle, true) if p_rle is not None else 0.0)
         if detections is None:
             continue
         dets = dets_by_image.get(ann["image_id"], [])
         if not dets:
             detector.append(0.0)
             continue
-        x, y, bw, bh = ann["bbox"]
-        boxes = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (d["bbox"] for d in dets)])
-        ious = box_iou(np.array([[x, y, x + bw, y + bh]]), boxes)[0]
-        k = best_match(ious, np.array([d["category_id"] for d in dets]), ann.get("category_id"), iou_thresh)
+        k = match_to_detections([ann["bbox"]], [d["bbox"] for d in dets], iou_thresh, [ann.get("category_id")],
+                                [d["category_id"] for d in dets])[0]
         if k is None:
             detector.append(0.0)
             continue
         matched += 1
-        detector.append(_mask_iou(_rle(dets[k]["segmentation"], h, w), true))
+        detector.append(mask_iou(segmentation_to_rle(dets[k]["segmentation"], h, w), true))
     return {"objects": len(pseudo),
             "pseudo_label_miou": float(np.mean(pseudo)) if pseudo else 0.0,
             "detector_miou": (float(np.mean(detector)) if detector else 0.0) if detections is not None else None,

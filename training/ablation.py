@@ -47,6 +47,27 @@ VARIANTS = (  # in the order they are trained: those the targets compare first
 DETECTOR = Variant("p_detector", "shared detector (detection losses only)", LossConfig(box_loss="none"))
 
 
+def target_lines(rows: dict[str, dict]) -> list[str]:
+    """The issue's targets, checked on the measured mask APs: (c) >= 0.9 x (d), (c) - (b) >= 5 AP
+    (for each tau measured), and (e) below (b) (the collapse)."""
+    ap = {k: r["segm"]["AP"] for k, r in rows.items()}
+    lines = []
+    d, b, e = ap.get("d_fully_supervised"), ap.get("b_projection"), ap.get("e_boxinst_tau0")
+    for key in ("c_boxinst_tau0.1", "c_boxinst_tau0.3"):
+        if key not in ap:
+            continue
+        c, tau = ap[key], key.split("tau")[1]
+        if d is not None and d > 0:
+            lines.append(f"- (c) tau {tau} / (d) = {c:.1f} / {d:.1f} = {c / d:.2f} (target >= 0.9: "
+                         f"{'holds' if c >= 0.9 * d else 'missed'})")
+        if b is not None:
+            lines.append(f"- (c) tau {tau} - (b) = {c:.1f} - {b:.1f} = {c - b:+.1f} AP (target >= 5: "
+                         f"{'holds' if c - b >= 5 else 'missed'})")
+    if e is not None and b is not None:
+        lines.append(f"- (e) tau 0: {e:.1f} vs (b) {b:.1f} (collapse: {'yes' if e < b else 'no'})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/ablation")
@@ -100,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
                        "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds)}
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
+    detector = None
+    if init is not None:  # how good the shared starting point detects (its masks are untrained)
+        result = out / DETECTOR.key / "eval.json"
+        if not result.exists():
+            write_json_atomic(result, evaluate(str(init), str(data / "val.json"), progress=False))
+        detector = json.loads(result.read_text())["bbox"]
     write_json_atomic(out / "ablation.json",
-                      {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "num_images": args.num_images, "size": args.size, "rows": rows})
+                      {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "num_images": args.num_images,
+                       "size": args.size, "detector_bbox": detector, "rows": rows})
     lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects |",
              "|---|---|---|---|---|---|---|"]
     for r in rows.values():
@@ -109,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['label']} | {s['AP']:.1f} | {s['AP50']:.1f} | {s['AP75']:.1f} | {a['AP']:.1f} | "
                      f"{b['AP']:.1f} | {m['mask_iou']:.3f} ({m['matched']} objects; filled boxes "
                      f"{m['filled_box_iou']:.3f}) |")
+    if detector is not None:
+        lines += ["", f"Shared starting point ({args.pretrain_iters} iterations, detection losses only): "
+                      f"box AP {detector['AP']:.1f}, AP50 {detector['AP50']:.1f}."]
+    lines += [""] + target_lines(rows)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

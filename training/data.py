@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from boxinst_serve.coco import segmentation_to_rle
 from boxinst_serve.config import padded_size, resized_shape
 from boxinst_serve.preprocess import read_image
 
@@ -74,15 +75,11 @@ def _has_segmentation(seg: Any) -> bool:
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
-    """Decode a COCO segmentation (polygons, RLE or uncompressed RLE) to a uint8 mask [H, W] (0/1)."""
-    if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
-        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, *seg["size"])
-    else:
-        counts = seg["counts"]
-        rle = {"size": list(seg["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    """Decode a COCO segmentation (polygons, RLE or uncompressed RLE) to a uint8 mask [H, W] (0/1);
+    one without any shape (no polygon of 3 points) is an error."""
+    rle = segmentation_to_rle(seg, height, width)
+    if rle is None:
+        raise ValueError("segmentation has no polygon of at least 3 points")
     mask = mask_utils.decode(rle).astype(np.uint8)
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)

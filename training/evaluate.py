@@ -13,6 +13,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from boxinst_serve.checkpoint import load_model
+from boxinst_serve.coco import mask_iou, match_to_detections
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.postprocess import InferenceModel
 from boxinst_serve.postprocess import to_instances
@@ -95,8 +96,6 @@ def matched_mask_iou(gt: COCO, results: list[dict[str, Any]], score_thresh: floa
     """Mask quality apart from detection: for each GT object, the detection (score > score_thresh)
     with the highest box IoU, if >= match_iou; mean mask IoU of those pairs, and of their filled
     boxes for comparison. Returns {"matched", "objects", "mask_iou", "filled_box_iou"}."""
-    from pycocotools import mask as mask_utils
-
     by_image: dict[int, list[dict[str, Any]]] = {}
     for r in results:
         if r["score"] > score_thresh:
@@ -109,14 +108,12 @@ def matched_mask_iou(gt: COCO, results: list[dict[str, Any]], score_thresh: floa
         dets = by_image.get(img_id, [])
         if not dets:
             continue
-        overlaps = mask_utils.iou([a["bbox"] for a in anns], [d["bbox"] for d in dets], [0] * len(dets))
-        for a, row in zip(anns, np.atleast_2d(overlaps)):
-            j = int(np.argmax(row))
-            if row[j] < match_iou:
+        for a, j in zip(anns, match_to_detections([a["bbox"] for a in anns], [d["bbox"] for d in dets], match_iou)):
+            if j is None:
                 continue
             g = gt.annToRLE(a)
-            ious.append(float(mask_utils.iou([dets[j]["segmentation"]], [g], [0])[0][0]))
-            box_ious.append(float(mask_utils.iou([boxed[id(dets[j])]["segmentation"]], [g], [0])[0][0]))
+            ious.append(mask_iou(dets[j]["segmentation"], g))
+            box_ious.append(mask_iou(boxed[id(dets[j])]["segmentation"], g))
     return {"matched": len(ious), "objects": objects, "mask_iou": float(np.mean(ious)) if ious else 0.0,
             "filled_box_iou": float(np.mean(box_ious)) if box_ious else 0.0}
 

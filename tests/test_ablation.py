@@ -1,0 +1,50 @@
+"""training.ablation: the shared-detector protocol end to end at toy size, and the target check."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from boxinst_serve.checkpoint import load_checkpoint
+from training import ablation
+
+
+def _row(ap: float) -> dict:
+    return {"segm": {"AP": ap}}
+
+
+def test_target_lines_hold_and_miss():
+    rows = {"c_boxinst_tau0.1": _row(30.0), "d_fully_supervised": _row(32.0), "b_projection": _row(24.0),
+            "e_boxinst_tau0": _row(3.0), "c_boxinst_tau0.3": _row(27.0)}
+    text = "\n".join(ablation.target_lines(rows))
+    assert "(c) tau 0.1 / (d) = 30.0 / 32.0 = 0.94 (target >= 0.9: holds)" in text
+    assert "(c) tau 0.1 - (b) = 30.0 - 24.0 = +6.0 AP (target >= 5: holds)" in text
+    assert "(c) tau 0.3 / (d) = 27.0 / 32.0 = 0.84 (target >= 0.9: missed)" in text
+    assert "(c) tau 0.3 - (b) = 27.0 - 24.0 = +3.0 AP (target >= 5: missed)" in text
+    assert "collapse: yes" in text
+
+
+def test_variants_start_from_the_shared_box_only_detector(tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), "--iters", "2", "--pretrain-iters", "3", "--num-images", "10",
+                          "--size", "96", "--only", "c_boxinst_tau0.1,b_projection"]) == 0
+    detector = load_checkpoint(out / "p_detector" / "final.pt")
+    cfg = json.loads((out / "p_detector" / "config.json").read_text())["train"]
+    assert cfg["loss"]["box_loss"] == "none" and detector["iteration"] == 3
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["rows"]) == {"c_boxinst_tau0.1", "b_projection"}
+    assert result["pretrain_iters"] == 3 and result["detector_bbox"] is not None
+    md = (out / "ablation.md").read_text()
+    assert "Shared starting point (3 iterations" in md and "(c) tau 0.1 - (b)" in md
+    # A variant's first step moved the weights away from the detector's, but not far: it started there.
+    variant = load_checkpoint(out / "b_projection" / "final.pt")["model"]
+    scratch_distance = sum((v.float() - torch.zeros_like(v.float())).abs().sum() for k, v in variant.items()
+                           if k.endswith("weight"))
+    start_distance = sum((variant[k].float() - detector["model"][k].float()).abs().sum() for k in variant
+                         if k.endswith("weight"))
+    assert start_distance < 0.05 * scratch_distance
+    # Re-running skips everything finished (no training: it would log to metrics.jsonl again).
+    before = (out / "b_projection" / "metrics.jsonl").read_text()
+    assert ablation.main(["--out", str(out), "--iters", "2", "--pretrain-iters", "3", "--num-images", "10",
+                          "--size", "96", "--only", "c_boxinst_tau0.1,b_projection"]) == 0
+    assert (out / "b_projection" / "metrics.jsonl").read_text() == before
