@@ -194,3 +194,19 @@ def test_detection_only_training_has_no_mask_loss(tiny_shapes, tmp_path):
         m = json.loads(line)
         assert m["loss_prj"] == m["loss_pairwise"] == m["loss_mask"] == 0.0
         assert m["loss_fcos_cls"] > 0 and m["loss_fcos_loc"] > 0
+
+
+def test_mixed_supervision_with_box_loss_none_trains_masks_only_from_gt_masks(tiny_shapes, tmp_path):
+    from training.config import LossConfig
+
+    data = json.loads(Path(tiny_shapes["train"]).read_text())
+    for ann in data["annotations"][::2]:  # half the objects lose their mask
+        del ann["segmentation"]
+    half = tmp_path / "half.json"
+    half.write_text(json.dumps(data))
+    trainer.train(lite(), _cfg(2, loss=LossConfig(supervision="mixed", box_loss="none")), str(half),
+                  tmp_path / "a", images_dir=tiny_shapes["images"], progress=False)
+    for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        assert m["loss_prj"] == m["loss_pairwise"] == 0.0  # no box term for the objects without a mask
+        assert m["loss_mask"] > 0  # dice on the others

@@ -105,7 +105,7 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
         losses["loss_mask"] = dice_loss(logits[m_idx].sigmoid(), targets).sum() / n
 
     box_idx = (~has_mask).nonzero().squeeze(1)
-    if box_idx.numel():
+    if box_idx.numel() and loss_cfg.box_loss != "none":
         lg, bm = logits[box_idx], box_masks[box_idx]
         if loss_cfg.box_loss == "filled_box":
             losses["loss_mask"] = losses["loss_mask"] + dice_loss(lg.sigmoid(), bm).sum() / n
