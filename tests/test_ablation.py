@@ -36,6 +36,8 @@ def test_variants_start_from_the_shared_box_only_detector(tmp_path, capsys):
     assert result["pretrain_iters"] == 3 and result["detector_bbox"] is not None
     md = (out / "ablation.md").read_text()
     assert "Shared starting point (3 iterations" in md and "(c) tau 0.1 - (b)" in md
+    assert "| variant | circle | rectangle |" in md  # mask AP per category
+    assert set(result["rows"]["b_projection"]["segm_per_category"]) >= {"ring", "crescent"}
     # A variant's first step moved the weights away from the detector's, but not far: it started there.
     variant = load_checkpoint(out / "b_projection" / "final.pt")["model"]
     scratch_distance = sum((v.float() - torch.zeros_like(v.float())).abs().sum() for k, v in variant.items()

@@ -1,4 +1,4 @@
-"""matched_mask_iou: mask quality of matched detections, against hand-made cases."""
+"""matched_mask_iou (mask quality of matched detections) and per_category_ap, against hand-made cases."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,8 @@ import json
 
 import cv2
 import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from boxinst_serve.results import encode_masks
@@ -44,3 +46,37 @@ def test_low_scores_and_far_boxes_are_not_matched(tmp_path):
     r = matched_mask_iou(gt, [{"image_id": 1, "category_id": 1, "bbox": box, "score": 0.05, "segmentation": rle},
                               {"image_id": 1, "category_id": 1, "bbox": far, "score": 0.9, "segmentation": rle}])
     assert r["matched"] == 0 and r["mask_iou"] == 0.0
+
+
+def test_per_category_ap_averages_to_the_overall_ap():
+    from training.evaluate import coco_metrics, per_category_ap
+
+    # Two categories: the disk is found exactly, the square is missed (a far-away detection).
+    h = w = 64
+    disk = np.zeros((h, w), np.uint8)
+    cv2.circle(disk, (20, 20), 10, 1, -1)
+    square = np.zeros((h, w), np.uint8)
+    square[40:60, 40:60] = 1
+    far = np.zeros((h, w), np.uint8)
+    far[0:5, 50:60] = 1
+    anns, rles = [], {}
+    for i, (cat, m) in enumerate(((1, disk), (2, square)), start=1):
+        rle = mask_utils.encode(np.asfortranarray(m))
+        rle["counts"] = rle["counts"].decode("ascii")
+        rles[cat] = rle
+        anns.append({"id": i, "image_id": 1, "category_id": cat, "segmentation": rle, "area": int(m.sum()),
+                     "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "height": h, "width": w}], "annotations": anns,
+                  "categories": [{"id": 1, "name": "disk"}, {"id": 2, "name": "square"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    far_rle = mask_utils.encode(np.asfortranarray(far))
+    far_rle["counts"] = far_rle["counts"].decode("ascii")
+    preds = [{"image_id": 1, "category_id": 1, "segmentation": rles[1], "score": 0.9,
+              "bbox": anns[0]["bbox"]},
+             {"image_id": 1, "category_id": 2, "segmentation": far_rle, "score": 0.8,
+              "bbox": [float(v) for v in mask_utils.toBbox(far_rle)]}]
+    per = per_category_ap(gt, preds)
+    assert per["disk"] == pytest.approx(100.0) and per["square"] == 0.0
+    assert coco_metrics(gt, preds, "segm")["AP"] == pytest.approx(np.mean(list(per.values())))

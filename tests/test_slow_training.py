@@ -1,8 +1,9 @@
 """Trains `lite` for about ten minutes on shapes with boxes only and checks that its masks beat the
 filled-box masks of the same detections by a clear margin (the point of BoxInst).
 
-The setting is the ablation's variant (c) (`python -m training.ablation`, docs/results.md): 500
-images of 224 px, 1200 iterations of batch 4. Shorter runs (800 iterations) were measured to be
+The setting is the from-scratch ablation's variant (c) (`python -m training.ablation
+--pretrain-iters 0 --num-images 500`, docs/results.md): 500 images of 224 px, 1200 iterations of
+batch 4, no shared detector. Shorter runs (800 iterations) were measured to be
 unreliable on 2 CPU cores: the masks may still be blobs when the schedule ends."""
 from __future__ import annotations
 

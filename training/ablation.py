@@ -25,7 +25,7 @@ from pathlib import Path
 from boxinst_serve.config import preset
 from training.config import LossConfig, TrainConfig
 from boxinst_serve.files import write_json_atomic
-from training.evaluate import evaluate, matched_mask_iou
+from training.evaluate import evaluate, matched_mask_iou, per_category_ap
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             gt = COCO(str(data / "val.json"))
         preds = json.loads((run / "predictions.json").read_text())["predictions"]
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
-                       "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds)}
+                       "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds),
+                       "segm_per_category": per_category_ap(gt, preds)}
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
     detector = None
     if init is not None:  # how good the shared starting point detects (its masks are untrained)
@@ -140,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if detector is not None:
         lines += ["", f"Shared starting point ({args.pretrain_iters} iterations, detection losses only): "
                       f"box AP {detector['AP']:.1f}, AP50 {detector['AP50']:.1f}."]
+    if rows:
+        cats = list(next(iter(rows.values()))["segm_per_category"])
+        lines += ["", "Mask AP per category:", "", "| variant | " + " | ".join(cats) + " |",
+                  "|---|" + "---|" * len(cats)]
+        lines += [f"| {r['label']} | " + " | ".join(f"{r['segm_per_category'][c]:.1f}" for c in cats) + " |"
+                  for r in rows.values()]
     lines += [""] + target_lines(rows)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -40,6 +40,24 @@ def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
     return {k: float(max(v, 0.0) * 100) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
 
 
+def per_category_ap(gt: COCO, predictions: list[dict[str, Any]], iou_type: str = "segm") -> dict[str, float]:
+    """AP (0.5:0.95, all areas, 100 detections; percent) of each category, by name; -1 for a
+    category without ground truth (COCOeval's precision array, as summarize() averages it)."""
+    names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+    if not predictions:
+        return {n: 0.0 for n in names.values()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(predictions), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K] at area "all", maxDets 100
+    out = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, k]
+        out[names[cat]] = float(p[p > -1].mean() * 100) if (p > -1).any() else -1.0
+    return out
+
+
 @torch.no_grad()
 def predict_dataset(model, data_json: str, images_dir: str | None = None, batch_size: int = 1,
                     progress: bool = True, device: str = "cpu") -> tuple[COCO, list[dict[str, Any]]]:
