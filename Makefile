@@ -45,7 +45,7 @@ demo: install
 	@echo "  overlays          $(DEMO)/overlays/*.png  (through gRPC; COCO results: $(DEMO)/overlays/results.json)"
 
 # The paper's Table-1 style ablation on the shapes set (docs/results.md): a shared box-only detector,
-# then six variants from it; about 1 h 50 min on 2 cores.
+# then six variants from it; about 1 h 45 min on 2 cores.
 ablation: install
 	$(PY) -m training.ablation --out outputs/ablation
 
