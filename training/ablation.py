@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     init = None
     if args.pretrain_iters > 0:
         init = run_training(DETECTOR, out / DETECTOR.key, args.pretrain_iters, None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(data / "val.json"))
     rows = {}
     for v in VARIANTS:
         if args.only and v.key not in args.only.split(","):
@@ -115,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                               progress=False)
             write_json_atomic(result, report)
         report = json.loads(result.read_text())
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(str(data / "val.json"))
         preds = json.loads((run / "predictions.json").read_text())["predictions"]
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
                        "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds),

@@ -23,6 +23,16 @@ from boxinst_serve.results import encode_masks
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def _accumulated(gt: COCO, predictions: list[dict[str, Any]], iou_type: str, use_cats: bool = True) -> COCOeval:
+    """COCOeval of non-empty predictions against gt, evaluated and accumulated (its printing muted)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(predictions), iou_type)
+        ev.params.useCats = int(use_cats)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
 def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
                  class_agnostic: bool = False) -> dict[str, float]:
     """AP figures (in percent) of predictions against gt; all zero when there are no predictions.
@@ -30,12 +40,8 @@ def coco_metrics(gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
     isolates mask quality from classification errors."""
     if not predictions:
         return {k: 0.0 for k in METRIC_NAMES}
+    ev = _accumulated(gt, predictions, iou_type, use_cats=not class_agnostic)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(predictions)
-        ev = COCOeval(gt, dt, iou_type)
-        ev.params.useCats = 0 if class_agnostic else 1
-        ev.evaluate()
-        ev.accumulate()
         ev.summarize()
     return {k: float(max(v, 0.0) * 100) for k, v in zip(METRIC_NAMES, ev.stats[:6])}
 
@@ -46,10 +52,7 @@ def per_category_ap(gt: COCO, predictions: list[dict[str, Any]], iou_type: str =
     names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
     if not predictions:
         return {n: 0.0 for n in names.values()}
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(gt, gt.loadRes(predictions), iou_type)
-        ev.evaluate()
-        ev.accumulate()
+    ev = _accumulated(gt, predictions, iou_type)
     precision = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K] at area "all", maxDets 100
     out = {}
     for k, cat in enumerate(ev.params.catIds):
