@@ -36,6 +36,16 @@ def test_checkpoint_has_config_and_loads_without_unpickling(tiny_shapes, tmp_pat
     assert (tmp_path / "run" / "last.pt").exists()
 
 
+def test_final_checkpoint_holds_weights_only_and_last_the_optimizer(tiny_shapes, tmp_path):
+    final = trainer.train(lite(), _cfg(2), tiny_shapes["train"], tmp_path / "run", progress=False)
+    last = tmp_path / "run" / "last.pt"
+    assert "optimizer" not in torch.load(final, weights_only=True)  # what eval/export/--init read
+    assert "optimizer" in torch.load(last, weights_only=True)  # what --resume reads
+    assert final.stat().st_size < 0.6 * last.stat().st_size  # SGD momentum doubles the bytes
+    a, b = load_checkpoint(final)["model"], load_checkpoint(last)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture
 def deterministic():
     """Bitwise-reproducible CPU training (multi-threaded reductions are not)."""

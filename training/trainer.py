@@ -219,11 +219,15 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     use_amp = train_cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    def checkpoint(iteration: int, path: Path) -> None:
+    def checkpoint(iteration: int, path: Path, with_optimizer: bool = True) -> None:
+        """`last.pt` carries the optimizer state (what --resume needs); `final.pt` only the weights
+        and configs (what eval, export and --init read), half the bytes of a resumable one."""
         if info.is_main:
-            save_atomic({"model": model.state_dict(), "model_config": model_cfg.to_dict(),
-                         "train_config": train_cfg.to_dict(), "optimizer": optimizer.state_dict(),
-                         "iteration": iteration}, path)
+            state = {"model": model.state_dict(), "model_config": model_cfg.to_dict(),
+                     "train_config": train_cfg.to_dict(), "iteration": iteration}
+            if with_optimizer:
+                state["optimizer"] = optimizer.state_dict()
+            save_atomic(state, path)
 
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
@@ -255,7 +259,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
             if finite.item() < 1:
                 nonfinite += 1
                 log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", iteration,
-                            {k: float(v) for k, v in losses.items()}, nonfinite)
+                            {k: float(v.detach()) for k, v in losses.items()}, nonfinite)
                 optimizer.zero_grad(set_to_none=True)
                 if nonfinite >= train_cfg.max_nonfinite:
                     raise RuntimeError(f"{nonfinite} non-finite losses in a row at iteration {iteration}: "
@@ -293,7 +297,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
 
     final = out / "final.pt"
     checkpoint(iteration, last)
-    checkpoint(iteration, final)
+    checkpoint(iteration, final, with_optimizer=False)
     if info.world_size > 1:
         sums = [None] * info.world_size
         dist.all_gather_object(sums, parameter_checksum(model))
