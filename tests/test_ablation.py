@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from boxinst_serve.checkpoint import load_checkpoint
 from training import ablation
 
@@ -37,13 +39,29 @@ def test_variants_start_from_the_shared_box_only_detector(tmp_path):
     assert "| variant | circle | rectangle |" in md  # mask AP per category
     assert set(result["rows"]["b_projection"]["segm_per_category"]) >= {"ring", "crescent"}
     # A variant's first step moved the weights away from the detector's, but not far: it started there.
-    variant = load_checkpoint(out / "b_projection" / "final.pt")["model"]
-    magnitude = sum(v.float().abs().sum() for k, v in variant.items() if k.endswith("weight"))
-    start_distance = sum((variant[k].float() - detector["model"][k].float()).abs().sum() for k in variant
-                         if k.endswith("weight"))
-    assert start_distance < 0.05 * magnitude
+    assert _started_from(load_checkpoint(out / "b_projection" / "final.pt")["model"], detector["model"])
     # Re-running skips everything finished (no training: it would log to metrics.jsonl again).
     before = (out / "b_projection" / "metrics.jsonl").read_text()
     assert ablation.main(["--out", str(out), "--iters", "2", "--pretrain-iters", "3", "--num-images", "10",
                           "--size", "96", "--only", "c_boxinst_tau0.1,b_projection"]) == 0
     assert (out / "b_projection" / "metrics.jsonl").read_text() == before
+    # Another schedule from the same start: --shared reads the shapes set and the detector, makes neither.
+    longer = tmp_path / "abl_longer"
+    assert ablation.main(["--out", str(longer), "--iters", "3", "--pretrain-iters", "3", "--size", "96",
+                          "--shared", str(out), "--only", "b_projection", "--threads", "1"]) == 0
+    assert not (longer / "shapes").exists() and not (longer / "p_detector").exists()
+    variant = load_checkpoint(longer / "b_projection" / "final.pt")
+    assert variant["iteration"] == 3 and _started_from(variant["model"], detector["model"])
+    assert json.loads((longer / "ablation.json").read_text())["shared"] == str(out)
+
+
+def test_shared_folder_without_a_detector_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no shapes set"):
+        ablation.main(["--out", str(tmp_path / "b"), "--shared", str(tmp_path / "missing")])
+
+
+def _started_from(variant: dict, start: dict) -> bool:
+    """A few steps move the weights away from `start`, but not far."""
+    magnitude = sum(v.float().abs().sum() for k, v in variant.items() if k.endswith("weight"))
+    distance = sum((variant[k].float() - start[k].float()).abs().sum() for k in variant if k.endswith("weight"))
+    return bool(0 < distance < 0.05 * magnitude)

@@ -1,6 +1,7 @@
 """The paper's mask-loss ablation (Table 1a / Table 2) on the synthetic shapes set.
 
     python -m training.ablation --out outputs/ablation [--pretrain-iters P] [--iters N]
+    python -m training.ablation --out outputs/ablation_3600 --iters 3600 --shared outputs/ablation
 
 Protocol. The paper starts every variant from the same ImageNet-pretrained backbone. Nothing may
 be downloaded here, so the shared starting point is a `lite` detector trained once from scratch on
@@ -78,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated variant keys")
+    p.add_argument("--shared", default="",
+                   help="take the shapes set and the shared detector from this earlier ablation folder (e.g. "
+                        "outputs/ablation) instead of making them, so another schedule starts from the same point")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pycocotools.coco import COCO
 
@@ -86,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.trainer import train
 
     out = Path(args.out)
-    data = out / "shapes"
+    shared = Path(args.shared) if args.shared else out
+    data = shared / "shapes"
+    if args.shared and not (data / "val.json").exists():
+        raise FileNotFoundError(f"--shared {shared}: no shapes set '{data / 'val.json'}' (run the ablation there first)")
     if not (data / "val.json").exists():
         make_shapes(data, args.num_images, seed=args.seed, size=args.size)
     model_cfg = preset("lite").replace(min_size_test=args.size, max_size_test=2 * args.size)
@@ -102,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
     init = None
     if args.pretrain_iters > 0:
-        init = run_training(DETECTOR, out / DETECTOR.key, args.pretrain_iters, None)
+        if args.shared and not (shared / DETECTOR.key / "final.pt").exists():
+            raise FileNotFoundError(f"--shared {shared}: no finished detector '{shared / DETECTOR.key / 'final.pt'}'")
+        init = run_training(DETECTOR, shared / DETECTOR.key, args.pretrain_iters, None)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data / "val.json"))
     rows = {}
@@ -124,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
     detector = None
     if init is not None:  # how good the shared starting point detects (its masks are untrained)
-        result = out / DETECTOR.key / "eval.json"
+        result = shared / DETECTOR.key / "eval.json"
         if not result.exists():
             write_json_atomic(result, evaluate(str(init), str(data / "val.json"), progress=False))
         detector = json.loads(result.read_text())["bbox"]
     write_json_atomic(out / "ablation.json",
-                      {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "num_images": args.num_images,
+                      {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "shared": args.shared or None,
+                       "num_images": args.num_images,
                        "size": args.size, "detector_bbox": detector, "rows": rows})
     lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects |",
              "|---|---|---|---|---|---|---|"]
