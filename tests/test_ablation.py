@@ -37,6 +37,7 @@ def test_variants_start_from_the_shared_box_only_detector(tmp_path):
     md = (out / "ablation.md").read_text()
     assert "Shared starting point (3 iterations" in md and "(c) tau 0.1 - (b)" in md
     assert "| variant | circle | rectangle |" in md  # mask AP per category
+    assert "hole pixels predicted as object" in md and 0.0 <= result["rows"]["b_projection"]["holes"]["filled"] <= 1.0
     assert set(result["rows"]["b_projection"]["segm_per_category"]) >= {"ring", "crescent"}
     # A variant's first step moved the weights away from the detector's, but not far: it started there.
     assert _started_from(load_checkpoint(out / "b_projection" / "final.pt")["model"], detector["model"])

@@ -1,4 +1,5 @@
-"""matched_mask_iou (mask quality of matched detections) and per_category_ap, against hand-made cases."""
+"""matched_mask_iou (mask quality of matched detections), hole_fill_fraction and per_category_ap, against
+hand-made cases."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from boxinst_serve.results import encode_masks
-from training.evaluate import matched_mask_iou
+from training.evaluate import enclosed_holes, hole_fill_fraction, matched_mask_iou
 
 
 def _gt(tmp_path):
@@ -80,3 +81,43 @@ def test_per_category_ap_averages_to_the_overall_ap():
     per = per_category_ap(gt, preds)
     assert per["disk"] == pytest.approx(100.0) and per["square"] == 0.0
     assert coco_metrics(gt, preds, "segm")["AP"] == pytest.approx(np.mean(list(per.values())))
+
+
+def test_enclosed_holes_finds_a_rings_middle_but_not_a_crescents_bite():
+    ring = np.zeros((64, 64), np.uint8)
+    cv2.circle(ring, (32, 32), 20, 1, -1)
+    cv2.circle(ring, (32, 32), 10, 0, -1)
+    middle = np.zeros((64, 64), np.uint8)
+    cv2.circle(middle, (32, 32), 10, 1, -1)
+    assert np.array_equal(enclosed_holes(ring), middle.astype(bool))
+    crescent = np.zeros((64, 64), np.uint8)
+    cv2.circle(crescent, (32, 32), 20, 1, -1)
+    cv2.circle(crescent, (42, 32), 16, 0, -1)  # the cut reaches past the disc: open, no hole
+    assert not enclosed_holes(crescent).any()
+    assert not enclosed_holes(np.zeros((8, 8), np.uint8)).any()
+
+
+def test_hole_fill_fraction_is_zero_for_the_true_ring_and_one_for_its_disc():
+    ring = np.zeros((64, 64), np.uint8)
+    cv2.circle(ring, (32, 32), 20, 1, -1)
+    cv2.circle(ring, (32, 32), 10, 0, -1)
+    disc = np.zeros((64, 64), np.uint8)
+    cv2.circle(disc, (32, 32), 20, 1, -1)
+    half = disc.copy()
+    half[:32] = ring[:32]  # the top half of the hole left empty
+    rle = encode_masks(ring[None])[0]
+    box = [float(v) for v in mask_utils.toBbox(dict(rle, counts=rle["counts"].encode("ascii")))]
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "height": 64, "width": 64}], "categories": [{"id": 1, "name": "ring"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "bbox": box,
+                                   "area": int(ring.sum()), "iscrowd": 0}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+
+    def fill(mask):
+        det = {"image_id": 1, "category_id": 1, "bbox": box, "score": 0.9, "segmentation": encode_masks(mask[None])[0]}
+        return hole_fill_fraction(gt, [det])
+
+    assert fill(ring) == {"objects": 1, "matched": 1, "filled": 0.0}
+    assert fill(disc)["filled"] == 1.0
+    assert 0.4 < fill(half)["filled"] < 0.6

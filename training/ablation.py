@@ -26,7 +26,7 @@ from pathlib import Path
 from boxinst_serve.config import preset
 from training.config import LossConfig, TrainConfig
 from boxinst_serve.files import write_json_atomic
-from training.evaluate import evaluate, matched_mask_iou, per_category_ap
+from training.evaluate import evaluate, hole_fill_fraction, matched_mask_iou, per_category_ap
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         preds = json.loads((run / "predictions.json").read_text())["predictions"]
         rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
                        "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds),
-                       "segm_per_category": per_category_ap(gt, preds)}
+                       "segm_per_category": per_category_ap(gt, preds), "holes": hole_fill_fraction(gt, preds)}
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
     detector = None
     if init is not None:  # how good the shared starting point detects (its masks are untrained)
@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                       {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "shared": args.shared or None,
                        "num_images": args.num_images,
                        "size": args.size, "detector_bbox": detector, "rows": rows})
-    lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects "
+             "| hole pixels predicted as object |", "|---|---|---|---|---|---|---|---|"]
     for r in rows.values():
-        s, b, a, m = r["segm"], r["bbox"], r["segm_class_agnostic"], r["matched"]
+        s, b, a, m, h = r["segm"], r["bbox"], r["segm_class_agnostic"], r["matched"], r["holes"]
         lines.append(f"| {r['label']} | {s['AP']:.1f} | {s['AP50']:.1f} | {s['AP75']:.1f} | {a['AP']:.1f} | "
                      f"{b['AP']:.1f} | {m['mask_iou']:.3f} ({m['matched']} objects; filled boxes "
-                     f"{m['filled_box_iou']:.3f}) |")
+                     f"{m['filled_box_iou']:.3f}) | {h['filled']:.2f} ({h['matched']} objects with a hole) |")
     if detector is not None:
         lines += ["", f"Shared starting point ({args.pretrain_iters} iterations, detection losses only): "
                       f"box AP {detector['AP']:.1f}, AP50 {detector['AP50']:.1f}."]
