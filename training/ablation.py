@@ -1,14 +1,15 @@
 """The paper's mask-loss ablation (Table 1a / Table 2) on the synthetic shapes set.
 
     python -m training.ablation --out outputs/ablation [--pretrain-iters P] [--iters N]
-    python -m training.ablation --out outputs/ablation_3600 --iters 3600 --shared outputs/ablation
+    python -m training.ablation --out outputs/ablation_4800 --iters 4800 --shared outputs/ablation
 
 Protocol. The paper starts every variant from the same ImageNet-pretrained backbone. Nothing may
 be downloaded here, so the shared starting point is a `lite` detector trained once from scratch on
 the training split's boxes with the detection losses only (`box_loss="none"`: no mask loss of any
 kind, so it carries no mask information into the box-supervised variants). Every variant then
 trains all weights from that checkpoint with the same schedule (N iterations) and seed, differing
-only in its mask loss, and is evaluated with pycocotools mask AP. `--pretrain-iters 0` trains every
+only in its mask loss, and is evaluated with pycocotools mask AP. `--shared DIR` takes the shapes set and
+the detector of an earlier run, so another schedule starts from the same point. `--pretrain-iters 0` trains every
 variant from scratch instead.
 
 Writes OUT/ablation.json and OUT/ablation.md. Finished runs are skipped when the command is run
