@@ -25,14 +25,20 @@ from boxinst_serve.coco import match_to_detections
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ablation", default="outputs/ablation")
+    p.add_argument("--shapes", default="", help="the shapes set (default: ABLATION/shapes, or that of the run "
+                                                 "the ablation's --shared named)")
     p.add_argument("--categories", default="ring,crescent")
     p.add_argument("--variants", default="c_boxinst_tau0.1,d_fully_supervised,b_projection")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     root = Path(args.ablation)
+    shapes = Path(args.shapes) if args.shapes else root / "shapes"
+    if not args.shapes and not shapes.exists() and (root / "ablation.json").exists():
+        shared = json.loads((root / "ablation.json").read_text()).get("shared")
+        shapes = Path(shared) / "shapes" if shared else shapes
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(root / "shapes" / "val.json"))
+        gt = COCO(str(shapes / "val.json"))
     wanted = {c["id"] for c in gt.loadCats(gt.getCatIds()) if c["name"] in args.categories.split(",")}
     variants = args.variants.split(",")
     preds = {v: [d for d in json.loads((root / v / "predictions.json").read_text())["predictions"] if d["score"] > 0.3]
@@ -43,7 +49,7 @@ def main() -> int:
         if not anns:
             continue
         info = gt.loadImgs(img_id)[0]
-        image = cv2.imread(str(root / "shapes" / "images" / info["file_name"]))
+        image = cv2.imread(str(shapes / "images" / info["file_name"]))
         tiles = [image]
         for v in variants:
             dets = [d for d in preds[v] if d["image_id"] == img_id]
