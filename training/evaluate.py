@@ -174,9 +174,7 @@ def hole_fill_fraction(gt: COCO, results: list[dict[str, Any]], score_thresh: fl
         holes = holes_of.get(a["id"])
         if holes is None:
             continue
-        rle = det["segmentation"]
-        rle = dict(rle, counts=rle["counts"].encode("ascii")) if isinstance(rle["counts"], str) else rle
-        pred = mask_utils.decode(rle).astype(bool)
+        pred = mask_utils.decode(det["segmentation"]).astype(bool)  # str or bytes counts
         filled.append(float((pred & holes).sum()) / float(holes.sum()))
     return {"objects": with_holes, "matched": len(filled), "filled": float(np.mean(filled)) if filled else 0.0}
 
