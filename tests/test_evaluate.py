@@ -83,26 +83,27 @@ def test_per_category_ap_averages_to_the_overall_ap():
     assert coco_metrics(gt, preds, "segm")["AP"] == pytest.approx(np.mean(list(per.values())))
 
 
+def _disc_minus(cut_centre: tuple[int, int], cut_radius: int) -> np.ndarray:
+    """A 64x64 uint8 disc of radius 20 at (32, 32) with a disc cut out of it."""
+    m = np.zeros((64, 64), np.uint8)
+    cv2.circle(m, (32, 32), 20, 1, -1)
+    cv2.circle(m, cut_centre, cut_radius, 0, -1)
+    return m
+
+
 def test_enclosed_holes_finds_a_rings_middle_but_not_a_crescents_bite():
-    ring = np.zeros((64, 64), np.uint8)
-    cv2.circle(ring, (32, 32), 20, 1, -1)
-    cv2.circle(ring, (32, 32), 10, 0, -1)
+    ring = _disc_minus((32, 32), 10)
     middle = np.zeros((64, 64), np.uint8)
     cv2.circle(middle, (32, 32), 10, 1, -1)
     assert np.array_equal(enclosed_holes(ring), middle.astype(bool))
-    crescent = np.zeros((64, 64), np.uint8)
-    cv2.circle(crescent, (32, 32), 20, 1, -1)
-    cv2.circle(crescent, (42, 32), 16, 0, -1)  # the cut reaches past the disc: open, no hole
+    crescent = _disc_minus((42, 32), 16)  # the cut reaches past the disc: open, no hole
     assert not enclosed_holes(crescent).any()
     assert not enclosed_holes(np.zeros((8, 8), np.uint8)).any()
 
 
 def test_hole_fill_fraction_is_zero_for_the_true_ring_and_one_for_its_disc():
-    ring = np.zeros((64, 64), np.uint8)
-    cv2.circle(ring, (32, 32), 20, 1, -1)
-    cv2.circle(ring, (32, 32), 10, 0, -1)
-    disc = np.zeros((64, 64), np.uint8)
-    cv2.circle(disc, (32, 32), 20, 1, -1)
+    ring = _disc_minus((32, 32), 10)
+    disc = _disc_minus((0, 0), 0)
     half = disc.copy()
     half[:32] = ring[:32]  # the top half of the hole left empty
     rle = encode_masks(ring[None])[0]
