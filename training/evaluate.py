@@ -163,20 +163,19 @@ def hole_fill_fraction(gt: COCO, results: list[dict[str, Any]], score_thresh: fl
     are those of a disc, and no chain of similar colours links the hole to the outside of the
     box). Returns {"objects": GT objects with a hole, "matched": those matched, "filled": mean
     over matched objects of the filled fraction of the hole pixels (0: hole left empty, 1: filled)}."""
-    with_holes, filled = 0, []
+    filled = []
     holes_of: dict[int, np.ndarray] = {}
     for a in gt.loadAnns(gt.getAnnIds(iscrowd=False)):
         holes = enclosed_holes(gt.annToMask(a))
         if holes.any():
             holes_of[a["id"]] = holes
-            with_holes += 1
     for a, det in _matched_pairs(gt, results, score_thresh, match_iou):
         holes = holes_of.get(a["id"])
         if holes is None:
             continue
         pred = mask_utils.decode(det["segmentation"]).astype(bool)  # str or bytes counts
         filled.append(float((pred & holes).sum()) / float(holes.sum()))
-    return {"objects": with_holes, "matched": len(filled), "filled": float(np.mean(filled)) if filled else 0.0}
+    return {"objects": len(holes_of), "matched": len(filled), "filled": float(np.mean(filled)) if filled else 0.0}
 
 
 def format_table(report: dict[str, Any]) -> str:
