@@ -32,9 +32,7 @@ test-slow: install
 
 demo: install
 	$(BOXINST) make-shapes $(DEMO)/shapes --num-images 500 --seed 0 --size 224
-	$(BOXINST) train --data $(DEMO)/shapes/train.json --config lite --iters 1200 --batch-size 4 \
-		--min-sizes 192,224,256 --max-size 448 --min-size-test 224 --max-size-test 448 --workers 1 \
-		--out $(DEMO)/run --resume-if-exists
+	$(BOXINST) train --data $(DEMO)/shapes/train.json --config lite --iters 1200 --out $(DEMO)/run --resume-if-exists
 	$(BOXINST) eval --checkpoint $(DEMO)/run/final.pt --data $(DEMO)/shapes/val.json --json $(DEMO)/eval.json
 	BOXINST=$(BOXINST) DEMO=$(DEMO) bash scripts/demo_serve.sh
 	@echo ""

@@ -21,6 +21,18 @@ def _size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
 
 
+def _range(text: str) -> tuple[int, int]:
+    """'15' -> (15, 15); '1-6' -> (1, 6)."""
+    try:
+        lo, _, hi = text.partition("-")
+        bounds = (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return bounds
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t)
@@ -31,44 +43,44 @@ def _ints(text: str) -> tuple[int, ...]:
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from training.shapes import make_shapes
 
-    info = make_shapes(args.out, args.num_images, seed=args.seed, size=args.size, val_fraction=args.val_fraction)
+    info = make_shapes(args.out, args.num_images, seed=args.seed, size=args.size, val_fraction=args.val_fraction,
+                       objects=args.objects)
     print(f"wrote {info['num_train']} train and {info['num_val']} val images: {info['train']}, {info['val']}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from boxinst_serve.config import preset
     from training.config import LossConfig, TrainConfig
-    from training.trainer import train
+    from training.trainer import resolve_device, train
 
     loss = LossConfig(supervision=args.supervision, box_loss=args.box_loss,
                       pairwise_color_thresh=args.tau, topk_proposals_per_image=args.topk_proposals)
-    overrides = {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                 "num_workers": args.workers, "clip_grad_norm": args.clip_grad, "amp": not args.no_amp}
-    if args.min_sizes:
-        overrides["min_sizes"] = args.min_sizes
-    if args.max_size:
-        overrides["max_size"] = args.max_size
-    if args.checkpoint_period:
-        overrides["checkpoint_period"] = args.checkpoint_period
-    if args.warmup_iters is not None:
-        overrides["warmup_iters"] = args.warmup_iters
-    if args.log_period:
-        overrides["log_period"] = args.log_period
-    train_cfg = TrainConfig.scaled(args.iters, loss=loss, **overrides)
+    model_cfg = preset(args.config)
+    # The test size follows the training sizes the user gave (the paper tests at its largest
+    # training short side); the training sizes of the preset's recipe derive from the test size.
+    min_size_test = args.min_size_test or (max(args.min_sizes) if args.min_sizes else None)
+    max_size_test = args.max_size_test or args.max_size
+    if min_size_test:
+        model_cfg = model_cfg.replace(min_size_test=min_size_test)
+    if max_size_test:
+        model_cfg = model_cfg.replace(max_size_test=max_size_test)
+    given = {"batch_size": args.batch_size, "min_sizes": args.min_sizes, "max_size": args.max_size,
+             "num_workers": args.workers, "checkpoint_period": args.checkpoint_period,
+             "warmup_iters": args.warmup_iters, "log_period": args.log_period}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides.update(lr=args.lr, seed=args.seed, clip_grad_norm=args.clip_grad, amp=not args.no_amp)
+    device = resolve_device(args.device)
+    train_cfg = TrainConfig.for_model(model_cfg.name, model_cfg.min_size_test, model_cfg.max_size_test, device.type,
+                                      args.iters, loss=loss, **overrides)
     if args.pairwise_warmup_iters is not None:
         train_cfg.loss.pairwise_warmup_iters = args.pairwise_warmup_iters
-    model_cfg = preset(args.config)
-    if args.min_size_test:
-        model_cfg = model_cfg.replace(min_size_test=args.min_size_test)
-    if args.max_size_test:
-        model_cfg = model_cfg.replace(max_size_test=args.max_size_test)
-    from pathlib import Path
-
     resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
     final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=resume,
-                  device=args.device, pretrained_backbone=args.pretrained_backbone, init_checkpoint=args.init,
-                  progress=not args.quiet)
+                  device=str(device), pretrained_backbone=args.pretrained_backbone, init_checkpoint=args.init,
+                  progress=not args.quiet, max_memory_gb=args.max_memory)
     print(f"checkpoint: {final}")
     return 0
 
@@ -420,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=320, help="image side in pixels")
     s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--objects", type=_range, default=(1, 6), metavar="N|MIN-MAX",
+                   help="shapes attempted per image (default 1-6; above 6 they are drawn smaller to fit)")
     s.set_defaults(func=cmd_make_shapes)
 
     s = sub.add_parser("train", help="train BoxInst from a COCO json")
@@ -428,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="r50_fpn", help="model preset: r50_fpn, r101_fpn, lite")
     s.add_argument("--iters", type=int, default=90000)
     s.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
-    s.add_argument("--batch-size", type=int, default=16, help="images per iteration, all processes together")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="images per iteration, all processes together (default: the preset's on this device: "
+                        "lite 4 on a CPU, the paper's 16 for r50_fpn/r101_fpn on CUDA; training/config.py RECIPES)")
     s.add_argument("--lr", type=float, default=0.01)
     s.add_argument("--warmup-iters", type=int, default=None, help="default: 1000 scaled to --iters/90000")
     s.add_argument("--pairwise-warmup-iters", type=int, default=None,
@@ -439,15 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "none: detection losses only)")
     s.add_argument("--tau", type=float, default=0.3, help="pairwise colour-similarity threshold")
     s.add_argument("--topk-proposals", type=int, default=64, help="mask-loss instances per image")
-    s.add_argument("--min-sizes", type=_ints, default=None, help="training short sides, e.g. 640,672,704")
-    s.add_argument("--max-size", type=int, default=None)
-    s.add_argument("--min-size-test", type=int, default=None)
-    s.add_argument("--max-size-test", type=int, default=None)
+    s.add_argument("--min-sizes", type=_ints, default=None,
+                   help="training short sides, e.g. 640,672,704 (default: the test short side and the 32-px "
+                        "steps below it, 3 for lite, 6 for r50_fpn/r101_fpn as in the paper)")
+    s.add_argument("--max-size", type=int, default=None, help="training long-side cap (default: --max-size-test)")
+    s.add_argument("--min-size-test", type=int, default=None,
+                   help="test short side saved in the model (default: the largest --min-sizes, else the "
+                        "preset's: lite 256, r50_fpn/r101_fpn 800)")
+    s.add_argument("--max-size-test", type=int, default=None,
+                   help="test long-side cap (default: --max-size, else the preset's: lite 448, others 1333)")
+    s.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="refuse to start when a step's estimated peak memory exceeds this (default: what the "
+                        "machine has available)")
     s.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clip (0: off)")
     s.add_argument("--checkpoint-period", type=int, default=None)
     s.add_argument("--log-period", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    s.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: 1 on a CPU, 4 on CUDA)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda")
     s.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     s.add_argument("--pretrained-backbone", default=None, help="torchvision ResNet state-dict file")
@@ -599,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, MemoryError) as e:
         print(f"boxinst {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as compact json to `path` atomically (the folder is created if needed)."""
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
+    """Write `data` as json to `path` atomically (the folder is created if needed): compact, or
+    indented by `indent` for files people read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
+            json.dump(data, f, separators=(",", ":") if indent is None else (",", ": "), indent=indent)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

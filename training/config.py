@@ -13,6 +13,49 @@ BOX_LOSSES = ("boxinst", "projection", "filled_box", "none")
 
 # The paper's COCO schedule: 90k iterations, warm-up 1000, steps at 60k and 80k, pairwise warm-up 10k.
 REFERENCE_ITERS = 90000
+# Spacing of the multi-scale training short sides (the paper's 640, 672, ..., 800).
+SCALE_STEP_PX = 32
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults of a model preset on a device type: what `boxinst train` uses for every
+    flag that is not given. The training image sizes are not stored here: they derive from the
+    model's test size (`train_sizes`), so that a model trains at the scales it is tested at."""
+
+    batch_size: int  # images per iteration, all processes together
+    num_scales: int  # training short sides: min_size_test - SCALE_STEP_PX * k, k < num_scales
+    num_workers: int  # data-loading processes per training process
+
+
+# The one table of training defaults. The paper's recipe (batch 16, short side 640..800, long side
+# <= 1333) for the R-50/R-101 presets on CUDA; `lite`, the CPU preset, at a CPU-sized batch and its
+# own small test size (short side 192..256, long side <= 448: what `make demo` trains at), so 2
+# cores train it at well under 2 s per iteration; a big preset on a CPU at batch 2 (the memory
+# guard of training/memory.py says whether even that fits).
+RECIPES: dict[tuple[str, str], Recipe] = {
+    ("lite", "cpu"): Recipe(batch_size=4, num_scales=3, num_workers=1),
+    ("lite", "cuda"): Recipe(batch_size=16, num_scales=3, num_workers=4),
+    ("r50_fpn", "cuda"): Recipe(batch_size=16, num_scales=6, num_workers=4),
+    ("r101_fpn", "cuda"): Recipe(batch_size=16, num_scales=6, num_workers=4),
+    ("r50_fpn", "cpu"): Recipe(batch_size=2, num_scales=6, num_workers=1),
+    ("r101_fpn", "cpu"): Recipe(batch_size=2, num_scales=6, num_workers=1),
+}
+
+
+def recipe(model_name: str, device_type: str) -> Recipe:
+    """The defaults of a preset on "cpu" or "cuda" (a model name without its own row gets the
+    R-50 row of that device)."""
+    device_type = "cuda" if device_type == "cuda" else "cpu"
+    return RECIPES.get((model_name, device_type), RECIPES[("r50_fpn", device_type)])
+
+
+def train_sizes(min_size_test: int, max_size_test: int, num_scales: int) -> tuple[tuple[int, ...], int]:
+    """Multi-scale training sizes for a test size: the short sides min_size_test - 32k for
+    k < num_scales (ascending, none below 32) and the test's long-side cap. The paper: 800/1333
+    with 6 scales -> (640, 672, 704, 736, 768, 800), 1333. Images are never resized beyond them."""
+    sides = sorted({max(min_size_test - SCALE_STEP_PX * k, SCALE_STEP_PX) for k in range(num_scales)})
+    return tuple(sides), max_size_test
 
 
 @dataclass
@@ -61,6 +104,15 @@ class TrainConfig:
     num_workers: int = 2
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch_size", "checkpoint_period", "log_period", "max_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.min_sizes or min(self.min_sizes) < 1:
+            raise ValueError(f"min_sizes must be positive sizes, got {self.min_sizes}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
     @classmethod
     def scaled(cls, iters: int, **overrides: Any) -> "TrainConfig":
         """The reference schedule scaled to `iters` (warm-ups and steps keep their proportions)."""
@@ -70,6 +122,17 @@ class TrainConfig:
         base = cls(iters=iters, warmup_iters=max(1, round(1000 * f)), loss=loss,
                    checkpoint_period=max(1, min(5000, iters // 5)))
         return dataclasses.replace(base, **overrides)
+
+    @classmethod
+    def for_model(cls, model_name: str, min_size_test: int, max_size_test: int, device_type: str, iters: int,
+                  **overrides: Any) -> "TrainConfig":
+        """`scaled(iters)` with the batch, image sizes and data workers of the preset's recipe on
+        this device type; `overrides` (the flags a user gave) win over the recipe."""
+        r = recipe(model_name, device_type)
+        min_sizes, max_size = train_sizes(min_size_test, max_size_test, r.num_scales)
+        defaults = {"batch_size": r.batch_size, "min_sizes": min_sizes, "max_size": max_size,
+                    "num_workers": r.num_workers}
+        return cls.scaled(iters, **{**defaults, **overrides})
 
     def step_iters(self) -> list[int]:
         return [int(round(self.iters * s)) for s in self.step_fractions]

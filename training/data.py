@@ -141,6 +141,14 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         paths = (os.path.abspath(os.path.join(self.images_dir, r.file_name)) for r in self._records)
         return [p for p in paths if not os.path.isfile(p)]
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, as the json gives them."""
+        return [(r.height, r.width) for r in self._records]
+
+    def max_instances(self) -> int:
+        """The most kept annotations one image has."""
+        return max((len(r.labels) for r in self._records), default=0)
+
     # ---- parsing ---------------------------------------------------------------------------
     def _drop(self, reason: str) -> None:
         self.num_dropped[reason] = self.num_dropped.get(reason, 0) + 1

@@ -124,9 +124,11 @@ _DRAW: dict[str, Callable[..., None]] = {
 }
 
 
-def _random_shape(rng: np.random.Generator, size: int, name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Full (unoccluded) mask [size, size] uint8 of a random `name` shape, and (cx, cy, diameter)."""
-    diameter = rng.uniform(*SIZE_RANGE) * size
+def _random_shape(rng: np.random.Generator, size: int, name: str,
+                  shrink: float = 1.0) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Full (unoccluded) mask [size, size] uint8 of a random `name` shape, and (cx, cy, diameter).
+    `shrink` scales the diameter range (crowded images use smaller shapes)."""
+    diameter = rng.uniform(*SIZE_RANGE) * size * shrink
     cx, cy = rng.uniform(0.1, 0.9, 2) * size
     aspect = rng.uniform(0.55, 1.0)
     angle = rng.uniform(0.0, 2 * np.pi)
@@ -193,21 +195,28 @@ def _placement_ok(owner: np.ndarray, mask: np.ndarray, visible: list[int], full:
     return True
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Render one synthetic image.
+def render_image(rng: np.random.Generator, size: int,
+                 objects: tuple[int, int] = (1, MAX_OBJECTS)) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """Render one synthetic image with between objects[0] and objects[1] shapes attempted (a shape
+    that finds no placement within the visibility limits is left out). Above MAX_OBJECTS the
+    shapes are drawn smaller, by sqrt(MAX_OBJECTS / objects[1]), so that they fit.
 
     Returns the RGB uint8 image [size, size, 3] and a list of (category_id, visible mask bool
     [size, size]) in drawing order (later instances occlude earlier ones).
     """
+    lo, hi = objects
+    if not 1 <= lo <= hi:
+        raise ValueError(f"objects must be 1 <= min <= max, got {objects}")
+    shrink = min(1.0, float(np.sqrt(MAX_OBJECTS / hi)))
     img = _background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int16)
     categories: list[int] = []
     visible: list[int] = []
     full: list[int] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(lo, hi + 1))):
         cat = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         for _try in range(_PLACEMENT_TRIES):
-            mask, (cx, cy, diameter) = _random_shape(rng, size, cat["name"])
+            mask, (cx, cy, diameter) = _random_shape(rng, size, cat["name"], shrink)
             area = int(mask.sum())
             if area >= MIN_VISIBLE_AREA and _placement_ok(owner, mask, visible, full):
                 break
@@ -264,8 +273,10 @@ def make_shapes(
     size: int = 320,
     val_fraction: float = 0.2,
     progress: bool = True,
+    objects: tuple[int, int] = (1, MAX_OBJECTS),
 ) -> dict[str, Any]:
     """Write a shapes set: OUT/images/000000.png..., OUT/train.json, OUT/val.json (COCO, RLE masks).
+    `objects`: (min, max) shapes attempted per image (see render_image).
 
     Image i is rendered from `np.random.default_rng([seed, i])`, and the train/val split is a
     seeded permutation, so a seed gives byte-identical json and images. Returns
@@ -285,7 +296,7 @@ def make_shapes(
     annotations: list[list[dict[str, Any]]] = []
     next_ann_id = 1
     for i in tqdm(range(num_images), desc="make-shapes", unit="img", disable=not progress):
-        image, instances = render_image(np.random.default_rng([seed, i]), size)
+        image, instances = render_image(np.random.default_rng([seed, i]), size, objects)
         file_name = f"{i:06d}.png"
         if not cv2.imwrite(str(images_dir / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {images_dir / file_name}")
@@ -303,7 +314,8 @@ def make_shapes(
     for split, keep in (("train", lambda i: i not in val_idx), ("val", lambda i: i in val_idx)):
         idx = [i for i in range(num_images) if keep(i)]
         coco = {
-            "info": {"description": "boxinst-serve synthetic shapes", "seed": seed, "size": size},
+            "info": {"description": "boxinst-serve synthetic shapes", "seed": seed, "size": size,
+                     "objects": list(objects)},
             "images": [image_records[i] for i in idx],
             "annotations": [a for i in idx for a in annotations[i]],
             "categories": [dict(c) for c in CATEGORIES],

@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 from boxinst_serve.checkpoint import load_checkpoint, save_atomic
 from boxinst_serve.config import ModelConfig
+from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model import build_model
 from training.config import TrainConfig
 from training.criterion import compute_losses
 from training.data import CocoBoxDataset, collate
+from training.memory import check_memory, estimate_step_memory, largest_padded_hw, peak_resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +153,43 @@ def _init_from(model: nn.Module, model_cfg: ModelConfig, path: str) -> None:
     log.info("initialised all weights from %s (iteration %s of that run)", path, init.get("iteration"))
 
 
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA where there is a GPU, else the CPU; anything else as torch names it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_memory(model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: CocoBoxDataset,
+                  info: DistInfo, device: torch.device, max_memory_gb: float | None) -> tuple[float, str]:
+    """The memory guard (training/memory.py): raises MemoryError before the first step when a step
+    would not fit; returns the estimate in GB and its line for the log."""
+    batch = train_cfg.batch_size // info.world_size
+    hw = largest_padded_hw(dataset.image_sizes(), train_cfg.min_sizes, train_cfg.max_size,
+                           model_cfg.size_divisibility)
+    instances = max(dataset.max_instances(), 1)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    estimate = estimate_step_memory(model_cfg, train_cfg.loss, batch, hw, instances, train_cfg.num_workers, params,
+                                    trainable)
+    flags = (f"--batch-size {train_cfg.batch_size}, --min-sizes {','.join(map(str, train_cfg.min_sizes))}, "
+             f"--max-size {train_cfg.max_size}, --topk-proposals {train_cfg.loss.topk_proposals_per_image}")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    line = check_memory(estimate, max_memory_gb, local, flags, device)
+    return (estimate.gpu_total if device.type == "cuda" else estimate.total) / 1e9, line
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
           images_dir: str | None = None, resume: bool = False, device: str = "auto",
           pretrained_backbone: str | None = None, init_checkpoint: str | None = None,
-          progress: bool = True) -> Path:
+          progress: bool = True, max_memory_gb: float | None = None) -> Path:
     """Train and return the path of the final checkpoint (`out_dir/final.pt`).
 
     `init_checkpoint`: start from the weights of another run's checkpoint (same architecture and
     classes) with a fresh schedule and optimizer; ignored when resuming (the resumed run already
-    holds them)."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    holds them). Before the first step the memory guard estimates the peak memory of a step and
+    raises MemoryError if it exceeds `max_memory_gb` or what the machine has."""
+    dev = resolve_device(device)
     info = init_distributed(dev)
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)
@@ -216,6 +244,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                                     start_iter, train_cfg.seed, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train_cfg.num_workers,
                         persistent_workers=False)
+    memory_gb, memory_line = _check_memory(model, model_cfg, train_cfg, dataset, info, dev, max_memory_gb)
     use_amp = train_cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -231,10 +260,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
 
     metrics_path = out / "metrics.jsonl"
     if info.is_main:
-        (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
-                                                    indent=2))
-        log.info("training %s on %d images (%s), iterations %d..%d, %d process(es), device %s",
-                 model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, info.world_size, dev)
+        write_json_atomic(out / "config.json", {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                                                "device": str(dev), "processes": info.world_size,
+                                                "estimated_peak_memory_gb": round(memory_gb, 3)}, indent=2)
+        log.info("training %s on %d images (%s), iterations %d..%d, on %s: batch %d (%d per process x %d), "
+                 "short side %s, long side <= %d, %d data worker(s) per process; test size %d/%d",
+                 model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, dev, train_cfg.batch_size,
+                 train_cfg.batch_size // info.world_size, info.world_size,
+                 "/".join(map(str, train_cfg.min_sizes)), train_cfg.max_size, train_cfg.num_workers,
+                 model_cfg.min_size_test, model_cfg.max_size_test)
+        log.info("%s", memory_line)
     bar = tqdm(total=train_cfg.iters, initial=start_iter, disable=not (progress and info.is_main),
                desc="train", dynamic_ncols=True)
     nonfinite = 0
@@ -279,7 +314,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                 now = time.perf_counter()
                 record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
                           "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                          "s_per_iter": (now - t_last) / train_cfg.log_period}
+                          "s_per_iter": (now - t_last) / train_cfg.log_period,
+                          "peak_rss_gb": round(peak_resident_bytes() / 1e9, 3)}
                 t_last = now
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if info.is_main:
@@ -294,6 +330,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     finally:
         restore_signals()
     bar.close()
+    if info.is_main:
+        log.info("peak resident memory of the training process: %.2f GB", peak_resident_bytes() / 1e9)
 
     final = out / "final.pt"
     checkpoint(iteration, last)
