@@ -38,8 +38,8 @@ from boxinst_serve.config import ModelConfig
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
 from boxinst_serve.model.postprocess import contract_outputs, detection_masks, flatten_outputs, select_detections
-from boxinst_serve.postprocess import paste_masks, to_instances
-from boxinst_serve.preprocess import prepare_batch, read_image
+from boxinst_serve.postprocess import instances_for, paste_masks
+from boxinst_serve.preprocess import prepare_for, read_image
 from boxinst_serve.results import encode_masks
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,12 @@ def annotate(model_path: str | os.PathLike, data_json: str | os.PathLike, images
             continue
         image = read_image(images_dir / im["file_name"])
         h, w = image.shape[:2]
-        batch, metas = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+        batch, metas = prepare_for(cfg, [image])
         meta = metas[0]
         out = model(torch.from_numpy(batch).to(device))
         sel = select_detections(out, cfg, batch.shape[1:3])
         contract = contract_outputs(sel, detection_masks(out.mask_feats, sel, cfg))
-        det = to_instances({k: v.cpu().numpy() for k, v in contract.items()}, 0, meta, cfg.mask_out_stride,
-                           cfg.mask_threshold, cfg.class_names)
+        det = instances_for(cfg, {k: v.cpu().numpy() for k, v in contract.items()}, 0, meta)
         report.detections.extend(det.to_coco(im["id"], [c if c >= 0 else i for i, c in enumerate(class_to_cat)]))
 
         gt_xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from boxinst_serve.engines import Engine
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_for
 
 
 @dataclass
@@ -56,11 +56,11 @@ def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters:
     total, pre, net, post, dets = [], [], [], [], []
     for i in range(warmup + iters):
         t0 = time.perf_counter()
-        inputs, metas = prepare_batch(images, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+        inputs, metas = prepare_for(cfg, images)
         t1 = time.perf_counter()
         outputs = engine(inputs)
         t2 = time.perf_counter()
-        results = [to_instances(outputs, k, metas[k], cfg.mask_out_stride, cfg.mask_threshold) for k in range(batch)]
+        results = [instances_for(cfg, outputs, k, metas[k]) for k in range(batch)]
         t3 = time.perf_counter()
         if i >= warmup:
             total.append(t3 - t0)
@@ -174,7 +174,7 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
     with torch.inference_mode():
         for i in range(warmup + iters):
             t = [time.perf_counter()]
-            inputs, metas = prepare_batch([image] * batch, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+            inputs, metas = prepare_for(cfg, [image] * batch)
             x = torch.from_numpy(inputs).to(device)
             _sync(device)
             t.append(time.perf_counter())
@@ -195,7 +195,7 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
             result = {k: v.cpu().numpy() for k, v in contract_outputs(sel, masks).items()}
             t.append(time.perf_counter())
             for k in range(batch):
-                to_instances(result, k, metas[k], cfg.mask_out_stride, cfg.mask_threshold)
+                instances_for(cfg, result, k, metas[k])
             t.append(time.perf_counter())
             if i >= warmup:
                 for name, a, b in zip(STAGES, t[:-1], t[1:]):

@@ -80,7 +80,7 @@ def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, war
                        threads: int = 0) -> dict:
     """The server's work without the server: decode, letterbox, ONNX Runtime, paste + RLE."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from boxinst_serve.postprocess import to_instances
+    from boxinst_serve.postprocess import instances_for
     from boxinst_serve.preprocess import decode_image
     from boxinst_serve.serving import ServingConfig, letterbox
 
@@ -92,7 +92,7 @@ def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, war
         t0 = time.perf_counter()
         image = decode_image(data, max_pixels=serving.max_pixels)
         canvas, meta = letterbox(image, cfg, serving.canvas)
-        inst = to_instances(engine(canvas[None]), 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
+        inst = instances_for(cfg, engine(canvas[None]), 0, meta)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             dets = len(inst)

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 
 from boxinst_serve.engines import Engine
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_for
 from boxinst_serve.video import engine_batch_predictor, frame_record, process_video
 
 
@@ -29,8 +29,8 @@ def plain_loop(clip: str | Path, engine: Engine, out_path: Path) -> tuple[int, f
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            batch, metas = prepare_batch([rgb], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
-            inst = to_instances(engine(batch), 0, metas[0], cfg.mask_out_stride, cfg.mask_threshold, cfg.class_names)
+            batch, metas = prepare_for(cfg, [rgb])
+            inst = instances_for(cfg, engine(batch), 0, metas[0])
             f.write(json.dumps(frame_record(frames, frames / fps, inst)) + "\n")
             frames += 1
     cap.release()

@@ -20,6 +20,12 @@ CONTRACT_VERSION = "1"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
 
+RESIZE_MODES = ("opencv", "detectron2")
+# ModelConfig fields that weights do not depend on (class list, name, test-time settings).
+INFERENCE_FIELDS = frozenset({"name", "num_classes", "class_names", "min_size_test", "max_size_test", "score_thresh",
+                              "thresh_with_ctr", "pre_nms_topk", "nms_iou", "max_detections", "mask_threshold",
+                              "resize", "clip_boxes_before_nms", "remove_empty_boxes"})
+
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 
@@ -76,6 +82,26 @@ class ModelConfig:
     nms_iou: float = 0.6
     max_detections: int = 100
     mask_threshold: float = 0.5
+    # ---- what weights trained elsewhere need (AdelaiDet on detectron2, ../shared/ADELAIDET.md §9) ----
+    # The defaults are this project's own; `boxinst import-weights` sets them for AdelaiDet models.
+    # ResNet bottlenecks stride in their first 1x1 conv (MSRA/detectron2), not in the 3x3 (torchvision).
+    stride_in_1x1: bool = False
+    # The FCOS tower convolutions have a bias before their GroupNorm.
+    head_conv_bias: bool = False
+    # Pad the network input with the mean colour (rounded to uint8), as detectron2 does by padding
+    # with 0 after normalising, instead of black.
+    pad_with_mean: bool = False
+    # Test-time resize: "opencv" (cv2 INTER_LINEAR; sizes rounded half to even) or "detectron2"
+    # (PIL bilinear on uint8, antialiased when shrinking; detectron2's ResizeShortestEdge sizes).
+    resize: str = "opencv"
+    # Clip candidate boxes to the padded image before NMS (AdelaiDet runs NMS on unclipped boxes).
+    clip_boxes_before_nms: bool = True
+    # Drop detections whose box is empty once clipped to the original image (AdelaiDet's nonempty()).
+    remove_empty_boxes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -110,6 +136,12 @@ class ModelConfig:
     @property
     def mask_branch_stride(self) -> int:
         return self.strides[0]
+
+    def weight_differences(self, other: "ModelConfig") -> list[str]:
+        """The fields, other than the class list and inference settings, in which `other`
+        differs: weights of one do not compute the same features in a model built from the other."""
+        return sorted(f.name for f in dataclasses.fields(self)
+                      if f.name not in INFERENCE_FIELDS and getattr(self, f.name) != getattr(other, f.name))
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -184,13 +216,31 @@ def preset(name: str, num_classes: int = 80) -> ModelConfig:
     return PRESETS[name](num_classes=num_classes)
 
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Shape after scaling the shorter side to `min_size` with the longer side capped at `max_size`
-    (detectron2's ResizeShortestEdge). Returns (new_h, new_w)."""
+def resized_shape(height: int, width: int, min_size: int, max_size: int, mode: str = "opencv") -> tuple[int, int]:
+    """Shape after scaling the shorter side to `min_size` with the longer side capped at `max_size`.
+    Returns (new_h, new_w). mode "opencv": one scale, sizes rounded half to even (this project's
+    own); "detectron2": ResizeShortestEdge.get_output_shape's arithmetic exactly (the short side
+    set to min_size, the long side scaled, both rescaled if over max_size, then int(x + 0.5))."""
+    if mode == "detectron2":
+        scale = min_size * 1.0 / min(height, width)
+        new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+        if max(new_h, new_w) > max_size:
+            scale = max_size * 1.0 / max(new_h, new_w)
+            new_h, new_w = new_h * scale, new_w * scale
+        return int(new_h + 0.5), int(new_w + 0.5)
+    if mode != "opencv":
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     scale = min_size / min(height, width)
     if max(height, width) * scale > max_size:
         scale = max_size / max(height, width)
     return int(round(height * scale)), int(round(width * scale))
+
+
+def pad_value(cfg: ModelConfig) -> tuple[int, int, int]:
+    """The uint8 RGB colour the network input is padded with: black, or the mean colour."""
+    if cfg.pad_with_mean:
+        return tuple(int(round(m)) for m in cfg.pixel_mean)
+    return (0, 0, 0)
 
 
 def padded_size(size: int, divisibility: int) -> int:

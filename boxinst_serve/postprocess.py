@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from boxinst_serve.config import ModelConfig
 from boxinst_serve.preprocess import ImageMeta
 from boxinst_serve.results import Instances
 
@@ -109,8 +110,10 @@ def encode_rois(rois: list[tuple[int, int, np.ndarray]], height: int, width: int
 
 
 def to_instances(outputs: dict[str, np.ndarray], index: int, meta: ImageMeta, mask_stride: int = 4,
-                 mask_threshold: float = 0.5, class_names: list[str] | None = None) -> Instances:
-    """Slice image `index` of the padded contract outputs and bring it to original pixels."""
+                 mask_threshold: float = 0.5, class_names: list[str] | None = None,
+                 remove_empty_boxes: bool = False) -> Instances:
+    """Slice image `index` of the padded contract outputs and bring it to original pixels.
+    `remove_empty_boxes`: drop detections whose box, clipped to the image, has no area."""
     n = int(outputs["num_detections"][index])
     oh, ow = meta.orig_hw
     rh, rw = meta.resized_hw
@@ -119,7 +122,17 @@ def to_instances(outputs: dict[str, np.ndarray], index: int, meta: ImageMeta, ma
     boxes[:, [1, 3]] *= oh / rh
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, ow)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, oh)
-    rois = paste_mask_rois(outputs["masks"][index, :n], meta, mask_stride, mask_threshold)
-    return Instances(boxes=boxes, scores=outputs["scores"][index, :n].astype(np.float32),
-                     classes=outputs["classes"][index, :n].astype(np.int64), rle=encode_rois(rois, oh, ow),
+    keep = np.arange(n)
+    if remove_empty_boxes:
+        keep = np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+    rois = paste_mask_rois(outputs["masks"][index, keep], meta, mask_stride, mask_threshold)
+    return Instances(boxes=boxes[keep], scores=outputs["scores"][index, keep].astype(np.float32),
+                     classes=outputs["classes"][index, keep].astype(np.int64), rle=encode_rois(rois, oh, ow),
                      image_size=(oh, ow), class_names=list(class_names or []))
+
+
+def instances_for(cfg: ModelConfig, outputs: dict[str, np.ndarray], index: int, meta: ImageMeta) -> Instances:
+    """to_instances with everything the model's config says (mask stride and threshold, class
+    names, empty-box removal). What every inference path calls."""
+    return to_instances(outputs, index, meta, cfg.mask_out_stride, cfg.mask_threshold, cfg.class_names,
+                        cfg.remove_empty_boxes)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from boxinst_serve.config import padded_size, resized_shape
+from boxinst_serve.config import ModelConfig, pad_value, padded_size, resized_shape
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -99,28 +99,43 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return decode_image(path.read_bytes(), source=str(path), max_pixels=max_pixels)
 
 
-def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> resized so the shorter side is min_size (longer capped at max_size)."""
+def resize_image(image: np.ndarray, min_size: int, max_size: int, mode: str = "opencv") -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> resized so the shorter side is min_size (longer capped at max_size).
+    mode "opencv": cv2 INTER_LINEAR; "detectron2": PIL bilinear on uint8 (antialiased when
+    shrinking) with detectron2's size arithmetic, as AdelaiDet's own inference resizes."""
     h, w = image.shape[:2]
-    nh, nw = resized_shape(h, w, min_size, max_size)
+    nh, nw = resized_shape(h, w, min_size, max_size, mode)
     if (nh, nw) == (h, w):
         return image
+    if mode == "detectron2":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
 
 
-def prepare_batch(images: list[np.ndarray], min_size: int, max_size: int,
-                  size_divisibility: int = 32) -> tuple[np.ndarray, list[ImageMeta]]:
-    """RGB uint8 images -> (network input uint8 [B, Hp, Wp, 3] zero-padded, metas)."""
+def prepare_batch(images: list[np.ndarray], min_size: int, max_size: int, size_divisibility: int = 32,
+                  pad: tuple[int, int, int] = (0, 0, 0), resize: str = "opencv") -> tuple[np.ndarray, list[ImageMeta]]:
+    """RGB uint8 images -> (network input uint8 [B, Hp, Wp, 3] padded bottom/right with the colour
+    `pad`, metas). `resize`: the resize mode (see resize_image)."""
     resized, metas = [], []
     for img in images:
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {img.dtype} {tuple(img.shape)}")
-        r = resize_image(img, min_size, max_size)
+        r = resize_image(img, min_size, max_size, resize)
         resized.append(r)
         metas.append(ImageMeta(orig_hw=img.shape[:2], resized_hw=r.shape[:2]))
     hp = padded_size(max(r.shape[0] for r in resized), size_divisibility)
     wp = padded_size(max(r.shape[1] for r in resized), size_divisibility)
-    batch = np.zeros((len(resized), hp, wp, 3), dtype=np.uint8)
+    batch = np.empty((len(resized), hp, wp, 3), dtype=np.uint8)
+    batch[...] = np.asarray(pad, dtype=np.uint8)
     for i, r in enumerate(resized):
         batch[i, : r.shape[0], : r.shape[1]] = r
     return batch, metas
+
+
+def prepare_for(cfg: ModelConfig, images: list[np.ndarray]) -> tuple[np.ndarray, list[ImageMeta]]:
+    """prepare_batch with everything the model's config says: its test size, divisibility,
+    padding colour and resize mode. What every inference path calls."""
+    return prepare_batch(images, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility, pad=pad_value(cfg),
+                         resize=cfg.resize)

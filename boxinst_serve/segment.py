@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from boxinst_serve.engines import Engine
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch, read_image
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_for, read_image
 from boxinst_serve.results import Instances
 from boxinst_serve.visualize import draw_instances
 
@@ -60,9 +60,8 @@ def engine_predictor(engine: Engine) -> Predictor:
 
     def predict(path: Path):
         image = read_image(path)
-        batch, metas = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
-        return image, to_instances(engine(batch), 0, metas[0], cfg.mask_out_stride, cfg.mask_threshold,
-                                   cfg.class_names)
+        batch, metas = prepare_for(cfg, [image])
+        return image, instances_for(cfg, engine(batch), 0, metas[0])
 
     return predict
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from boxinst_serve.config import CONTRACT_VERSION, ModelConfig, padded_size
+from boxinst_serve.config import CONTRACT_VERSION, ModelConfig, pad_value, padded_size
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, resize_image
 
@@ -76,15 +76,17 @@ def canvas_for(image_hw: tuple[int, int], canvas: tuple[int, int]) -> tuple[int,
 
 
 def letterbox(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
-    """RGB uint8 [H, W, 3] -> (uint8 [Hc, Wc, 3] resized as in prepare_batch and zero-padded at the
-    bottom/right onto the canvas, its ImageMeta). Same pixels as prepare_batch, more padding."""
+    """RGB uint8 [H, W, 3] -> (uint8 [Hc, Wc, 3] resized as in prepare_for and padded at the
+    bottom/right onto the canvas with the model's padding colour, its ImageMeta). Same pixels as
+    prepare_for, more padding."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} {tuple(image.shape)}")
-    r = resize_image(image, cfg.min_size_test, cfg.max_size_test)
+    r = resize_image(image, cfg.min_size_test, cfg.max_size_test, cfg.resize)
     ch, cw = canvas_for(image.shape[:2], canvas)
     if r.shape[0] > ch or r.shape[1] > cw:
         raise ValueError(f"resized image {r.shape[1]}x{r.shape[0]} does not fit the {cw}x{ch} canvas")
-    out = np.zeros((ch, cw, 3), dtype=np.uint8)
+    out = np.empty((ch, cw, 3), dtype=np.uint8)
+    out[...] = np.asarray(pad_value(cfg), dtype=np.uint8)
     out[: r.shape[0], : r.shape[1]] = r
     return out, ImageMeta(orig_hw=tuple(image.shape[:2]), resized_hw=tuple(r.shape[:2]))
 

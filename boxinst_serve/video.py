@@ -58,8 +58,8 @@ import numpy as np
 from tqdm import tqdm
 
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_for
 from boxinst_serve.results import Instances
 from boxinst_serve.visualize import draw_instances
 
@@ -81,13 +81,13 @@ class VideoError(RuntimeError):
 
 # ---- predictors -------------------------------------------------------------------------------
 def engine_batch_predictor(engine) -> BatchPredictor:
-    """All frames of a batch in one engine call (prepare_batch pads them to one size)."""
+    """All frames of a batch in one engine call (prepare_for pads them to one size)."""
     cfg = engine.config
 
     def predict(frames: list[np.ndarray]) -> list[Instances]:
-        batch, metas = prepare_batch(frames, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+        batch, metas = prepare_for(cfg, frames)
         out = engine(batch)
-        return [to_instances(out, i, m, cfg.mask_out_stride, cfg.mask_threshold, cfg.class_names)
+        return [instances_for(cfg, out, i, m)
                 for i, m in enumerate(metas)]
 
     return predict

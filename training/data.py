@@ -292,11 +292,13 @@ def _resize_scale(h: int, w: int, min_size: int, max_size: int) -> float:
     return float(scale)
 
 
-def collate(samples: list[dict[str, Any]], size_divisibility: int = 32) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], size_divisibility: int = 32,
+            pad: tuple[int, int, int] = (0, 0, 0)) -> dict[str, Any]:
     """Batch samples of `CocoBoxDataset`.
 
     Returns a dict:
-      images       uint8 [B, Hp, Wp, 3], zero-padded bottom/right; Hp, Wp multiples of size_divisibility
+      images       uint8 [B, Hp, Wp, 3], padded bottom/right with the colour `pad` (the model's,
+                   boxinst_serve.config.pad_value); Hp, Wp multiples of size_divisibility
       image_sizes  int64 [B, 2] resized (h, w) before padding
       targets      list of B dicts: boxes float32 [N, 4], labels int64 [N],
                    masks uint8 [N, Hp, Wp] (or None), has_mask bool [N]
@@ -307,7 +309,7 @@ def collate(samples: list[dict[str, Any]], size_divisibility: int = 32) -> dict[
     sizes = [tuple(s["image"].shape[:2]) for s in samples]
     hp = padded_size(max(h for h, _ in sizes), size_divisibility)
     wp = padded_size(max(w for _, w in sizes), size_divisibility)
-    images = torch.zeros((len(samples), hp, wp, 3), dtype=torch.uint8)
+    images = torch.tensor(pad, dtype=torch.uint8).expand(len(samples), hp, wp, 3).clone()
     targets = []
     for i, (s, (h, w)) in enumerate(zip(samples, sizes)):
         images[i, :h, :w] = s["image"]

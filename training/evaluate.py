@@ -18,8 +18,8 @@ from boxinst_serve.checkpoint import load_model
 from boxinst_serve.coco import mask_iou, match_to_detections
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.postprocess import InferenceModel
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch, read_image
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_for, read_image
 from boxinst_serve.results import encode_masks
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -78,11 +78,11 @@ def predict_dataset(model, data_json: str, images_dir: str | None = None, batch_
     for start in tqdm(range(0, len(image_ids), batch_size), desc="eval", disable=not progress):
         ids = image_ids[start:start + batch_size]
         images = [read_image(images_dir / gt.imgs[i]["file_name"]) for i in ids]
-        batch, metas = prepare_batch(images, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+        batch, metas = prepare_for(cfg, images)
         out = net(torch.from_numpy(batch).to(device))
         out = {name: t.cpu().numpy() for name, t in zip(("num_detections", "boxes", "scores", "classes", "masks"), out)}
         for k, image_id in enumerate(ids):
-            inst = to_instances(out, k, metas[k], cfg.mask_out_stride, cfg.mask_threshold)
+            inst = instances_for(cfg, out, k, metas[k])
             results.extend(inst.to_coco(image_id, category_ids))
     return gt, results
 

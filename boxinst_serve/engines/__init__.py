@@ -33,7 +33,7 @@ def check_images(images: np.ndarray, divisibility: int) -> None:
         raise ValueError("images is an empty batch")
     if images.shape[1] % divisibility or images.shape[2] % divisibility:
         raise ValueError(f"image height and width must be multiples of {divisibility}, got "
-                         f"{images.shape[1]}x{images.shape[2]} (pad with boxinst_serve.preprocess.prepare_batch)")
+                         f"{images.shape[1]}x{images.shape[2]} (pad with boxinst_serve.preprocess.prepare_for)")
 
 
 def load_engine(path: str | os.PathLike, device: str = "cpu", **kwargs) -> Engine:

@@ -18,13 +18,22 @@ _STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 
 
 def build_resnet(cfg: ModelConfig) -> nn.Module:
-    """Plain torchvision ResNet of `cfg.backbone_depth`, with frozen or trainable BatchNorm."""
+    """Plain torchvision ResNet of `cfg.backbone_depth`, with frozen or trainable BatchNorm, and
+    the stride of each stage's first bottleneck in its 1x1 conv where `cfg.stride_in_1x1`."""
     if cfg.backbone_depth not in _RESNETS:
         raise ValueError(f"backbone_depth must be one of {sorted(_RESNETS)}, got {cfg.backbone_depth}")
     if cfg.backbone_norm not in ("frozen_bn", "bn"):
         raise ValueError(f"backbone_norm must be 'frozen_bn' or 'bn', got {cfg.backbone_norm!r}")
     norm = FrozenBatchNorm2d if cfg.backbone_norm == "frozen_bn" else nn.BatchNorm2d
-    return _RESNETS[cfg.backbone_depth](weights=None, norm_layer=norm)
+    body = _RESNETS[cfg.backbone_depth](weights=None, norm_layer=norm)
+    if cfg.stride_in_1x1:
+        if cfg.backbone_depth < 50:
+            raise ValueError("stride_in_1x1 applies to bottleneck ResNets (depth 50/101), not depth "
+                             f"{cfg.backbone_depth}")
+        # MSRA/detectron2 ResNets downsample in the first 1x1 conv of res3-res5; torchvision in the 3x3.
+        for layer in (body.layer2, body.layer3, body.layer4):
+            layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+    return body
 
 
 class BackboneFPN(nn.Module):

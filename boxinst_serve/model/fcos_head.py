@@ -24,7 +24,7 @@ class FCOSHead(nn.Module):
         c = cfg.head_channels
 
         def tower() -> nn.Sequential:
-            layers = [conv_norm_relu(cfg.fpn_channels if i == 0 else c, c, "gn", cfg.head_gn_groups)
+            layers = [conv_norm_relu(cfg.fpn_channels if i == 0 else c, c, "gn", cfg.head_gn_groups, cfg.head_conv_bias)
                       for i in range(cfg.head_num_convs)]
             return nn.Sequential(*layers)
 

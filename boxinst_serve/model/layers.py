@@ -30,9 +30,9 @@ def compute_locations(h: int, w: int, stride: int, device: torch.device | None =
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
-def conv_norm_relu(cin: int, cout: int, norm: str, gn_groups: int = 32) -> nn.Sequential:
-    """3x3 conv (no bias) + GroupNorm or BatchNorm + ReLU."""
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+def conv_norm_relu(cin: int, cout: int, norm: str, gn_groups: int = 32, bias: bool = False) -> nn.Sequential:
+    """3x3 conv (with a bias only where `bias`) + GroupNorm or BatchNorm + ReLU."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
     if norm == "gn":
         n: nn.Module = nn.GroupNorm(gn_groups, cout)
     elif norm == "bn":

@@ -60,11 +60,12 @@ def _level_candidates(out: HeadOutputs, cfg: ModelConfig, level: int, image_hw: 
     locations = compute_locations(h, w, stride, cls.device)[loc_i]  # [B, k, 2]
     reg = torch.gather(out.bbox_reg[level].flatten(2).permute(0, 2, 1), 1, loc_i[:, :, None].expand(-1, -1, 4))
     reg = reg * stride
-    img_h, img_w = image_hw
-    boxes = torch.stack([(locations[..., 0] - reg[..., 0]).clamp(min=0, max=img_w),
-                         (locations[..., 1] - reg[..., 1]).clamp(min=0, max=img_h),
-                         (locations[..., 0] + reg[..., 2]).clamp(min=0, max=img_w),
-                         (locations[..., 1] + reg[..., 3]).clamp(min=0, max=img_h)], dim=2)
+    boxes = torch.stack([locations[..., 0] - reg[..., 0], locations[..., 1] - reg[..., 1],
+                         locations[..., 0] + reg[..., 2], locations[..., 1] + reg[..., 3]], dim=2)
+    if cfg.clip_boxes_before_nms:
+        img_h, img_w = image_hw
+        boxes = torch.stack([boxes[..., 0].clamp(min=0, max=img_w), boxes[..., 1].clamp(min=0, max=img_h),
+                             boxes[..., 2].clamp(min=0, max=img_w), boxes[..., 3].clamp(min=0, max=img_h)], dim=2)
     cls_top = torch.gather(cls_prob.flatten(1), 1, top_i)
     ctr_top = torch.gather(ctr, 1, loc_i)
     scores = torch.sqrt(cls_top * ctr_top)
@@ -98,8 +99,10 @@ def select_detections(out: HeadOutputs, cfg: ModelConfig, image_hw: tuple[int, i
 
     # Class-aware NMS: shift each class's boxes by a multiple of an extent larger than any box
     # (a tensor, not the image size: a Python number would freeze the exported input shape).
-    extent = boxes.amax(dim=(1, 2), keepdim=True) + 1.0  # [B, 1, 1]
-    offset = classes.to(boxes.dtype)[:, :, None] * extent
+    # Unclipped boxes can reach below 0: measured from the lowest coordinate, classes never meet.
+    low = boxes.amin(dim=(1, 2), keepdim=True) if not cfg.clip_boxes_before_nms else boxes.new_zeros(bsz, 1, 1)
+    extent = boxes.amax(dim=(1, 2), keepdim=True) - low + 1.0  # [B, 1, 1]
+    offset = classes.to(boxes.dtype)[:, :, None] * extent - low
     selected = batched_nms(boxes + offset, nms_scores, cfg.nms_iou, k_max)  # [S, 2]
     kept_scores = torch.full_like(nms_scores, -1.0)
     kept_scores[selected[:, 0], selected[:, 1]] = nms_scores[selected[:, 0], selected[:, 1]]

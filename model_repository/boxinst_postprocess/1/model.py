@@ -1,5 +1,5 @@
 """Triton Python-backend step 3: padded network outputs -> instances at the original resolution
-(boxinst_serve.postprocess.to_instances, the same code as in-process inference). `masks_rle`
+(boxinst_serve.postprocess.instances_for, the same code as in-process inference). `masks_rle`
 holds COCO RLE counts strings; `masks` is filled (uint8 0/1 [N, H, W]) only when mask_format is
 'bitmap', and empty [0, 0, 0] otherwise."""
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from boxinst_serve.postprocess import to_instances
+from boxinst_serve.postprocess import instances_for
 from boxinst_serve.serving import ServingConfig, mask_format_of, meta_from_array, respond_each
 
 
@@ -24,7 +24,7 @@ class TritonPythonModel:
         outputs = {"num_detections": get("det_num").reshape(-1), "boxes": get("det_boxes"),
                    "scores": get("det_scores"), "classes": get("det_classes"), "masks": get("det_masks")}
         meta = meta_from_array(get("meta"))
-        inst = to_instances(outputs, 0, meta, self.cfg.mask_out_stride, self.cfg.mask_threshold)
+        inst = instances_for(self.cfg, outputs, 0, meta)
         n = len(inst)
         counts = np.array([r["counts"].encode("ascii") for r in inst.rle], dtype=np.object_)
         if fmt == "bitmap":
