@@ -58,7 +58,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     loss = LossConfig(supervision=args.supervision, box_loss=args.box_loss,
                       pairwise_color_thresh=args.tau, topk_proposals_per_image=args.topk_proposals)
-    model_cfg = preset(args.config)
+    if args.init:  # the architecture comes from the checkpoint (its preset may be another's, e.g. AdelaiDet's)
+        from boxinst_serve.checkpoint import load_checkpoint
+
+        model_cfg = load_checkpoint(args.init)["model_config"]
+        if args.config and args.config != model_cfg.name:
+            raise ValueError(f"--config {args.config}, but --init '{args.init}' is a {model_cfg.name} model: the "
+                             "architecture comes from --init, so leave --config out")
+    else:
+        model_cfg = preset(args.config or "r50_fpn")
     # The test size follows the training sizes the user gave (the paper tests at its largest
     # training short side); the training sizes of the preset's recipe derive from the test size.
     min_size_test = args.min_size_test or (max(args.min_sizes) if args.min_sizes else None)
@@ -80,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
     final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=resume,
                   device=str(device), pretrained_backbone=args.pretrained_backbone, init_checkpoint=args.init,
-                  progress=not args.quiet, max_memory_gb=args.max_memory)
+                  progress=not args.quiet, max_memory_gb=args.max_memory, reset_classes=args.reset_classes)
     print(f"checkpoint: {final}")
     return 0
 
@@ -93,6 +101,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.json:
         print(f"metrics and predictions: {args.json}")
+    return 0
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    """An AdelaiDet BoxInst/CondInst checkpoint -> this project's checkpoint, used as is by every verb."""
+    from training.adelaidet import import_adelaidet, load_class_names
+
+    names = load_class_names(args.class_names) if args.class_names else None
+    report = import_adelaidet(args.source, args.out, class_names=names)
+    cfg = report.config
+    print(f"imported {report.describe()} -> {args.out}")
+    print(f"  model {cfg.name}: test size {cfg.min_size_test}/{cfg.max_size_test}, AdelaiDet's input convention "
+          f"(mean padding, detectron2 resize, NMS on unclipped boxes); use it with eval, segment, export, serve, "
+          f"video, bench or `train --init {args.out}`")
     return 0
 
 
@@ -439,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train BoxInst from a COCO json")
     s.add_argument("--data", required=True, help="COCO json with boxes (segmentations optional)")
     s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
-    s.add_argument("--config", default="r50_fpn", help="model preset: r50_fpn, r101_fpn, lite")
+    s.add_argument("--config", default=None,
+                   help="model preset: r50_fpn (default), r101_fpn, lite; with --init, the checkpoint's")
     s.add_argument("--iters", type=int, default=90000)
     s.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
     s.add_argument("--batch-size", type=int, default=None,
@@ -477,12 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     s.add_argument("--pretrained-backbone", default=None, help="torchvision ResNet state-dict file")
     s.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from all weights of another run's checkpoint (same config and classes), "
-                        "with a fresh schedule")
+                   help="start from the weights and architecture of a checkpoint (another run's, or one of "
+                        "`boxinst import-weights`) with a fresh schedule; for data with other classes the "
+                        "classification layer is re-initialised, and the log says so")
+    s.add_argument("--reset-classes", action="store_true",
+                   help="with --init: re-initialise the classification layer even when the class count is the same")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--resume-if-exists", action="store_true", help="resume when OUT/last.pt exists, else start")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("import-weights", help="import an AdelaiDet BoxInst/CondInst checkpoint (the paper's models)")
+    s.add_argument("source", help="AdelaiDet .pth file ({'model': state_dict} or a bare state dict)")
+    s.add_argument("--out", required=True, help="this project's checkpoint to write (e.g. boxinst_r50.pt)")
+    s.add_argument("--class-names", default=None, metavar="FILE",
+                   help="class names (json list or one per line; default: COCO's 80 for an 80-class model)")
+    s.set_defaults(func=cmd_import_weights)
 
     s = sub.add_parser("eval", help="COCO bbox and mask AP of a checkpoint")
     s.add_argument("--checkpoint", required=True)

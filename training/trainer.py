@@ -3,6 +3,7 @@ guard, tqdm progress, metrics.jsonl, atomic checkpoints, exact resume, and data 
 through torchrun (gloo on CPU, nccl on CUDA)."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from boxinst_serve.checkpoint import load_checkpoint, save_atomic
-from boxinst_serve.config import ModelConfig
+from boxinst_serve.config import ModelConfig, pad_value
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model import build_model
 from training.config import TrainConfig
@@ -137,20 +138,45 @@ class _GracefulStop:
         return restore
 
 
-def _init_from(model: nn.Module, model_cfg: ModelConfig, path: str) -> None:
-    """Load all weights of checkpoint `path` into `model`; a different architecture or class list
-    is an error naming the difference (a partial load would silently train something else)."""
+def _init_from(model: nn.Module, model_cfg: ModelConfig, path: str, reset_classes: bool = False) -> list[str]:
+    """Load the weights of checkpoint `path` into `model` (built from `model_cfg`). Returns the keys
+    left at their fresh initialisation: the classification layer, when the data's classes are not
+    the checkpoint's (another number of classes, or `reset_classes`). Any other difference is an
+    error naming it: a partial or mismatched load would silently train something else."""
     init = load_checkpoint(path)
-    names = list(init["model_config"].class_names)
-    if names != list(model_cfg.class_names):
-        raise ValueError(f"--init checkpoint '{path}' was trained on classes {names}, this data has "
-                         f"{list(model_cfg.class_names)}")
+    init_cfg = init["model_config"]
+    differences = init_cfg.weight_differences(model_cfg)
+    if differences:
+        raise ValueError(f"--init checkpoint '{path}' has another architecture than '{model_cfg.name}' (it differs "
+                         f"in {differences}): train with its config (`boxinst train --init` without --config)")
+    names, data_names = list(init_cfg.class_names), list(model_cfg.class_names)
+    reset: list[str] = []
+    state = dict(init["model"])
+    if names != data_names:
+        if len(names) == len(data_names) and not reset_classes:
+            raise ValueError(f"--init checkpoint '{path}' was trained on classes {names}, this data has "
+                             f"{data_names}: the same number under other names. Rename the data's categories to "
+                             "match, or pass --reset-classes to train a new classification layer")
+        reset = [k for k in state if k.startswith("head.cls_logits.")]
+        for k in reset:
+            del state[k]
     try:
-        model.load_state_dict(init["model"])
-    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
-        raise ValueError(f"--init checkpoint '{path}' has another architecture than "
-                         f"'{model_cfg.name}': {str(e).splitlines()[0]}") from e
-    log.info("initialised all weights from %s (iteration %s of that run)", path, init.get("iteration"))
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"--init checkpoint '{path}' has another architecture than '{model_cfg.name}': "
+                         f"{str(e).splitlines()[0]}") from e
+    problems = [k for k in result.missing_keys if k not in reset] + list(result.unexpected_keys)
+    if problems:
+        raise ValueError(f"--init checkpoint '{path}' has another architecture than '{model_cfg.name}': keys "
+                         f"{problems[:8]} do not match")
+    if reset:
+        log.warning("re-initialised the classification layer (%s): --init checkpoint '%s' has %d classes (%s), the "
+                    "data %d (%s); every other weight comes from the checkpoint", ", ".join(reset), path, len(names),
+                    ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""), len(data_names),
+                    ", ".join(data_names[:5]) + (", ..." if len(data_names) > 5 else ""))
+    log.info("initialised %s weights from %s (iteration %s of that run)", "the other" if reset else "all", path,
+             init.get("iteration"))
+    return reset
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,12 +208,12 @@ def _check_memory(model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConf
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
           images_dir: str | None = None, resume: bool = False, device: str = "auto",
           pretrained_backbone: str | None = None, init_checkpoint: str | None = None,
-          progress: bool = True, max_memory_gb: float | None = None) -> Path:
+          progress: bool = True, max_memory_gb: float | None = None, reset_classes: bool = False) -> Path:
     """Train and return the path of the final checkpoint (`out_dir/final.pt`).
 
-    `init_checkpoint`: start from the weights of another run's checkpoint (same architecture and
-    classes) with a fresh schedule and optimizer; ignored when resuming (the resumed run already
-    holds them). Before the first step the memory guard estimates the peak memory of a step and
+    `init_checkpoint`: start from the weights of another checkpoint (same architecture; its
+    classification layer re-initialised when the data has other classes, see `_init_from`) with a
+    fresh schedule and optimizer; ignored when resuming (the resumed run already holds them). Before the first step the memory guard estimates the peak memory of a step and
     raises MemoryError if it exceeds `max_memory_gb` or what the machine has."""
     dev = resolve_device(device)
     info = init_distributed(dev)
@@ -226,7 +252,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
         missing = model.backbone.load_backbone_weights(state)
         log.info("loaded backbone weights from %s (%d missing keys)", pretrained_backbone, len(missing))
     if init_checkpoint and ckpt is None:
-        _init_from(model, model_cfg, init_checkpoint)
+        _init_from(model, model_cfg, init_checkpoint, reset_classes)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(dev).train()
@@ -242,8 +268,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
         raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} processes")
     sampler = IterationBatchSampler(len(dataset), train_cfg.batch_size // info.world_size, train_cfg.iters,
                                     start_iter, train_cfg.seed, info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train_cfg.num_workers,
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.num_workers, persistent_workers=False,
+                        collate_fn=functools.partial(collate, size_divisibility=model_cfg.size_divisibility,
+                                                     pad=pad_value(model_cfg)))
     memory_gb, memory_line = _check_memory(model, model_cfg, train_cfg, dataset, info, dev, max_memory_gb)
     use_amp = train_cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
