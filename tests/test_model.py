@@ -120,3 +120,31 @@ def test_frozen_stages_have_no_gradients():
     assert not any(p.requires_grad for p in body.conv1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
     assert all(p.requires_grad for p in body.layer2.parameters())
+
+
+def test_adelaidet_switches_move_the_stride_and_add_tower_biases_without_changing_shapes():
+    from boxinst_serve.config import r50_fpn
+
+    plain, switched = build_model(r50_fpn(num_classes=3)), build_model(
+        r50_fpn(num_classes=3).replace(stride_in_1x1=True, head_conv_bias=True))
+    for layer in ("layer2", "layer3", "layer4"):
+        block = getattr(switched.backbone.body, layer)[0]
+        assert (block.conv1.stride, block.conv2.stride) == ((2, 2), (1, 1))
+        assert getattr(plain.backbone.body, layer)[0].conv2.stride == (2, 2)
+    extra = set(switched.state_dict()) - set(plain.state_dict())
+    assert extra == {f"head.{t}_tower.{i}.0.bias" for t in ("cls", "bbox") for i in range(4)}
+    x = torch.zeros(1, 64, 96, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        assert [f.shape for f in switched.backbone(switched.normalize(x))] == \
+               [f.shape for f in plain.backbone(plain.normalize(x))]
+    with pytest.raises(ValueError, match="bottleneck"):
+        build_model(lite().replace(stride_in_1x1=True))
+
+
+def test_weight_differences_ignore_classes_and_test_settings():
+    from boxinst_serve.config import r50_fpn
+
+    cfg = r50_fpn()
+    assert cfg.weight_differences(cfg.replace(num_classes=3, min_size_test=600, score_thresh=0.3)) == []
+    assert cfg.weight_differences(cfg.replace(stride_in_1x1=True, pixel_std=(1.0, 1.0, 1.0))) == \
+           ["pixel_std", "stride_in_1x1"]

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from boxinst_serve.postprocess import paste_masks, to_instances
+from boxinst_serve.postprocess import instances_for, paste_masks, to_instances
 from boxinst_serve.preprocess import (ImageDecodeError, ImageMeta, decode_image, image_header_size, prepare_batch,
-                                      read_image)
+                                      prepare_for, read_image)
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -162,3 +162,55 @@ def test_roi_paste_and_rle_equal_the_dense_computation(orig, resized):
         np.testing.assert_array_equal(dense[i].astype(bool), want, err_msg=f"mask {i}")
         assert rles[i]["counts"] == mask_utils.encode(np.asfortranarray(want.astype(np.uint8)))["counts"].decode()
     assert dense[5].sum() == 0 and dense[1].all()
+
+
+def _adelaidet_like():
+    from boxinst_serve.config import r50_fpn
+
+    return r50_fpn().replace(pad_with_mean=True, resize="detectron2", pixel_mean=(123.675, 116.28, 103.53),
+                             remove_empty_boxes=True)
+
+
+def test_detectron2_sizes_round_half_up_after_its_two_step_arithmetic():
+    from boxinst_serve.config import resized_shape
+
+    # every exact 1:2 image: detectron2 gives 667 x 1333, one rounding of the scale gives 666
+    assert resized_shape(500, 1000, 800, 1333, "detectron2") == (667, 1333)
+    assert resized_shape(500, 1000, 800, 1333, "opencv") == (666, 1333)
+    assert resized_shape(300, 640, 800, 1333, "detectron2") == (625, 1333)
+    with pytest.raises(ValueError, match="resize mode"):
+        resized_shape(1, 1, 800, 1333, "bicubic")
+
+
+def test_detectron2_resize_is_pils_antialiased_bilinear():
+    from PIL import Image
+
+    from boxinst_serve.preprocess import resize_image
+
+    img = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    got = resize_image(img, 40, 1333, "detectron2")  # shrinking: PIL antialiases, cv2 would alias
+    assert np.array_equal(got, np.asarray(Image.fromarray(img).resize((53, 40), Image.BILINEAR)))
+
+
+def test_mean_padding_fills_every_padded_pixel_on_every_path():
+    from boxinst_serve.serving import letterbox
+
+    cfg = _adelaidet_like()
+    img = np.full((300, 640, 3), 7, dtype=np.uint8)
+    batch, metas = prepare_for(cfg, [img])
+    rh, rw = metas[0].resized_hw
+    assert batch.shape[1:3] == (640, 1344) and (rh, rw) == (625, 1333)
+    assert (batch[0, rh:] == (124, 116, 104)).all() and (batch[0, :, rw:] == (124, 116, 104)).all()
+    assert (batch[0, :rh, :rw] == 7).all()
+    canvas, meta = letterbox(img, cfg, (800, 1344))  # the Triton preprocess step
+    assert meta == metas[0] and np.array_equal(canvas[:640], batch[0]) and (canvas[640:] == (124, 116, 104)).all()
+
+
+def test_boxes_empty_after_clipping_are_dropped_where_the_config_says():
+    outputs = {"num_detections": np.array([2]), "scores": np.array([[0.9, 0.8]], np.float32),
+               "classes": np.array([[1, 2]], np.int32), "masks": np.zeros((1, 2, 8, 16), np.uint8),
+               "boxes": np.array([[[4, 4, 20, 20], [70, 4, 90, 20]]], np.float32)}  # 2nd lies right of the image
+    meta = ImageMeta((32, 64), (32, 64))
+    assert len(to_instances(outputs, 0, meta)) == 2
+    kept = instances_for(_adelaidet_like(), outputs, 0, meta)
+    assert len(kept) == 1 and kept.classes.tolist() == [1] and len(kept.rle) == 1
