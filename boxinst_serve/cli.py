@@ -57,7 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.trainer import resolve_device, train
 
     loss = LossConfig(supervision=args.supervision, box_loss=args.box_loss,
-                      pairwise_color_thresh=args.tau, topk_proposals_per_image=args.topk_proposals)
+                      pairwise_color_thresh=args.tau, topk_proposals_per_image=args.topk_proposals,
+                      mask_classes=tuple(c for c in (args.mask_classes or "").split(",") if c),
+                      hole_loss_weight=args.hole_loss)
     if args.init:  # the architecture comes from the checkpoint (its preset may be another's, e.g. AdelaiDet's)
         from boxinst_serve.checkpoint import load_checkpoint
 
@@ -477,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss for instances without masks (ablations: projection only, filled box; "
                         "none: detection losses only)")
     s.add_argument("--tau", type=float, default=0.3, help="pairwise colour-similarity threshold")
+    s.add_argument("--mask-classes", default=None, metavar="A,B,...",
+                   help="--supervision mixed: read the masks of these classes only; the others train from boxes "
+                        "(the paper's semi-supervised setting)")
+    s.add_argument("--hole-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="opt-in loss giving background seen through an object's hole a signal from boxes alone "
+                        "(training/hole_loss.py; 0: off, the paper's BoxInst)")
     s.add_argument("--topk-proposals", type=int, default=64, help="mask-loss instances per image")
     s.add_argument("--min-sizes", type=_ints, default=None,
                    help="training short sides, e.g. 640,672,704 (default: the test short side and the 32-px "

@@ -72,8 +72,18 @@ class LossConfig:
     pairwise_theta: float = 2.0
     pairwise_warmup_iters: int = 10000
     bottom_pixels_removed: int = 10
+    # Mixed supervision: read the masks of these classes only (names; empty: every class's masks
+    # the json has). The other classes never read a mask (the paper's semi-supervised split).
+    mask_classes: tuple[str, ...] = ()
+    # The opt-in loss for enclosed background (training/hole_loss.py): 0 = off (the paper's BoxInst).
+    hole_loss_weight: float = 0.0
+    hole_color_thresh: float = 0.1
+    hole_margin: int = 2
 
     def __post_init__(self) -> None:
+        self.mask_classes = tuple(self.mask_classes)
+        if self.mask_classes and self.supervision != "mixed":
+            raise ValueError("mask_classes needs supervision 'mixed'")
         if self.supervision not in SUPERVISION_MODES:
             raise ValueError(f"supervision must be one of {SUPERVISION_MODES}, got {self.supervision!r}")
         if self.box_loss not in BOX_LOSSES:

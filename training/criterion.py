@@ -11,7 +11,8 @@ from boxinst_serve.model.dynamic_head import dynamic_mask_logits
 from boxinst_serve.model.postprocess import flatten_outputs
 from training.config import LossConfig
 from training.detection_losses import centerness_loss, focal_loss, giou_loss
-from training.losses import (boxes_to_bitmasks, dice_loss, downsample_masks, image_color_similarity,
+from training.hole_loss import enclosed_background_targets, hole_loss
+from training.losses import (boxes_to_bitmasks, dice_loss, downsample_masks, image_color_similarity, image_lab,
                              pairwise_loss, pairwise_warmup_factor, projection_loss, valid_pixel_mask)
 from training.targets import centerness_target, fcos_targets, sample_mask_instances
 
@@ -81,7 +82,8 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
     sel_gt = gt_idx[sel_b, sel_l]
     zero = out.mask_feats.sum() * 0 + flat["controller"].sum() * 0
     if keep.numel() == 0 or (loss_cfg.supervision == "box" and loss_cfg.box_loss == "none"):
-        return {"loss_prj": zero, "loss_pairwise": zero, "loss_mask": zero}
+        return {"loss_prj": zero, "loss_pairwise": zero, "loss_mask": zero,
+                **({"loss_hole": zero} if loss_cfg.hole_loss_weight > 0 else {})}
 
     logits = dynamic_mask_logits(out.mask_feats, flat["controller"][sel_b, sel_l], flat["locations"][sel_l],
                                  flat["levels"][sel_l], sel_b, cfg).float()  # [N, 1, Hp/4, Wp/4]
@@ -97,6 +99,8 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
         raise ValueError("supervision 'mask' needs a segmentation for every instance")
     n = logits.shape[0]
     losses = {"loss_prj": zero, "loss_pairwise": zero, "loss_mask": zero}
+    if loss_cfg.hole_loss_weight > 0:
+        losses["loss_hole"] = zero
 
     if bool(has_mask.any()):
         m_idx = has_mask.nonzero().squeeze(1)
@@ -115,10 +119,17 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
                 valid = valid_pixel_mask(batch["image_sizes"], [s[0] for s in batch["orig_sizes"]], hp, wp,
                                          loss_cfg.bottom_pixels_removed).to(device)
                 with torch.no_grad():
-                    sim = image_color_similarity(batch["images"].to(device), valid, stride, loss_cfg.pairwise_size,
-                                                 loss_cfg.pairwise_dilation, loss_cfg.pairwise_theta)
+                    lab = image_lab(batch["images"].to(device), stride)
+                    sim = image_color_similarity(batch["images"], valid, stride, loss_cfg.pairwise_size,
+                                                 loss_cfg.pairwise_dilation, loss_cfg.pairwise_theta, lab=lab)
                 warm = pairwise_warmup_factor(iteration, loss_cfg.pairwise_warmup_iters)
                 losses["loss_pairwise"] = warm * pairwise_loss(
                     lg, sim[sel_b[box_idx]], bm, loss_cfg.pairwise_color_thresh,
                     loss_cfg.pairwise_size, loss_cfg.pairwise_dilation)
+                if loss_cfg.hole_loss_weight > 0:
+                    start = stride // 2
+                    holes = enclosed_background_targets(lab, bm, sel_b[box_idx], valid[:, start::stride, start::stride],
+                                                        loss_cfg.hole_margin, loss_cfg.pairwise_theta,
+                                                        loss_cfg.hole_color_thresh)
+                    losses["loss_hole"] = loss_cfg.hole_loss_weight * warm * hole_loss(lg, holes)
     return losses

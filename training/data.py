@@ -5,7 +5,9 @@ pads a list of samples into a batch. Supervision modes:
 
 * ``box``: boxes only; segmentations are never read (the json may have none at all).
 * ``mask``: every kept annotation has a segmentation (annotations without one are dropped).
-* ``mixed``: masks where a segmentation exists, boxes elsewhere (``has_mask`` tells which).
+* ``mixed``: masks where a segmentation exists, boxes elsewhere (``has_mask`` tells which);
+  with ``mask_classes`` only those classes' segmentations are read (the paper's semi-supervised
+  split: the other classes are trained from their boxes even where the json has masks).
 
 Malformed annotations are dropped (or clipped to the image) with a count per reason, logged once
 at construction and kept in ``num_dropped``; a bad annotation never crashes an epoch.
@@ -111,6 +113,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         max_size: int = 1333,
         flip_prob: float = 0.0,
         category_ids: Sequence[int] | None = None,
+        mask_classes: Sequence[str] = (),
     ) -> None:
         if supervision not in SUPERVISION_MODES:
             raise ValueError(f"unknown supervision mode {supervision!r}; choose one of {list(SUPERVISION_MODES)}")
@@ -129,6 +132,13 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         self.category_ids: list[int] = [int(c) for c in category_ids] if category_ids is not None else sorted(names)
         self.class_names: list[str] = [names.get(c, str(c)) for c in self.category_ids]
         self.category_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.category_ids)}
+        # Mixed supervision's class split: only these classes' segmentations are ever read.
+        self.mask_category_ids: set[int] | None = None
+        if mask_classes:
+            unknown = sorted(set(mask_classes) - set(self.class_names))
+            if unknown:
+                raise ValueError(f"mask classes {unknown} are not categories of '{json_path}' ({self.class_names})")
+            self.mask_category_ids = {c for c, n in zip(self.category_ids, self.class_names) if n in mask_classes}
 
         self.num_dropped: dict[str, int] = {}
         self.num_clipped = 0
@@ -206,7 +216,7 @@ class CocoBoxDataset(torch.utils.data.Dataset):
         if (x0, y0, x1, y1) != (x, y, x + bw, y + bh):
             self.num_clipped += 1
         seg = None
-        if self.supervision != "box":
+        if self.supervision != "box" and (self.mask_category_ids is None or category_id in self.mask_category_ids):
             seg = ann.get("segmentation")
             if not _has_segmentation(seg):
                 if self.supervision == "mask":

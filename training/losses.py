@@ -336,6 +336,14 @@ def valid_pixel_mask(
     return out
 
 
+def image_lab(images: Tensor, stride: int = 4) -> Tensor:
+    """``[B, H, W, 3]`` uint8 RGB -> ``[B, 3, H // stride, W // stride]`` L*a*b* of the image
+    average-pooled with kernel = stride = ``stride`` (the pooled float values, not re-quantised):
+    the colours the box-only losses compare."""
+    x = images.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W]
+    return rgb_to_lab(F.avg_pool2d(x, kernel_size=stride, stride=stride))
+
+
 def image_color_similarity(
     images: Tensor,
     valid: Tensor,
@@ -343,6 +351,7 @@ def image_color_similarity(
     kernel_size: int = 3,
     dilation: int = 2,
     theta: float = 2.0,
+    lab: Optional[Tensor] = None,
 ) -> Tensor:
     """Colour similarity of a padded image batch at the mask-output resolution.
 
@@ -356,15 +365,14 @@ def image_color_similarity(
             ``stride``), before normalisation.
         valid: ``[B, H, W]`` bool, False on padding and removed bottom rows.
         stride, kernel_size, dilation, theta: see :func:`color_similarity`.
+        lab: ``image_lab(images, stride)`` where the caller has it already.
 
     Returns:
         ``[B, k*k-1, H // stride, W // stride]`` float similarity, shared by
         all instances of an image.
     """
     start = stride // 2
-    x = images.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W]
-    pooled = F.avg_pool2d(x, kernel_size=stride, stride=stride)
-    lab = rgb_to_lab(pooled)
+    lab = image_lab(images, stride) if lab is None else lab
     v = valid[:, None, start::stride, start::stride]
     v = v[:, :, : lab.shape[2], : lab.shape[3]]
     return color_similarity(lab, v, kernel_size=kernel_size, dilation=dilation, theta=theta)

@@ -226,7 +226,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
 
     dataset = CocoBoxDataset(data_json, images_dir, supervision=train_cfg.loss.supervision,
                              min_sizes=train_cfg.min_sizes, max_size=train_cfg.max_size,
-                             flip_prob=train_cfg.flip_prob)
+                             flip_prob=train_cfg.flip_prob, mask_classes=train_cfg.loss.mask_classes)
     if len(dataset) == 0:
         raise ValueError(f"'{data_json}' has no images to train on")
     missing = dataset.missing_files()
