@@ -90,7 +90,7 @@ def saved_tensor_bytes(cfg: ModelConfig, loss_cfg: LossConfig, height: int, widt
     from training.criterion import compute_losses
 
     if loss_cfg.supervision == "mixed":  # probed with its box losses, the costlier kind
-        loss_cfg = dataclasses.replace(loss_cfg, supervision="box")
+        loss_cfg = dataclasses.replace(loss_cfg, supervision="box", mask_classes=())
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg).train()
     images = torch.randint(0, 256, (1, height, width, 3), dtype=torch.uint8,
