@@ -245,7 +245,7 @@ def import_adelaidet(src: str | os.PathLike, out: str | os.PathLike,
                           dropped=dropped, config=cfg)
     save_atomic({"model": weights, "model_config": cfg.to_dict(),
                  "source": {"file": Path(src).name, "format": "AdelaiDet", "kind": kind}}, out)
-    log.info("imported %s from %s into %s", report.describe(), src, out)
+    log.debug("imported %s from %s into %s", report.describe(), src, out)
     return report
 
 
