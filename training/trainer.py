@@ -213,8 +213,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
 
     `init_checkpoint`: start from the weights of another checkpoint (same architecture; its
     classification layer re-initialised when the data has other classes, see `_init_from`) with a
-    fresh schedule and optimizer; ignored when resuming (the resumed run already holds them). Before the first step the memory guard estimates the peak memory of a step and
-    raises MemoryError if it exceeds `max_memory_gb` or what the machine has."""
+    fresh schedule and optimizer; ignored when resuming (the resumed run already holds them).
+    Before the first step the memory guard estimates the peak memory of a step and raises
+    MemoryError if it exceeds `max_memory_gb` or what the machine has."""
     dev = resolve_device(device)
     info = init_distributed(dev)
     if dev.type == "cuda":
