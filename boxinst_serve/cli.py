@@ -248,7 +248,8 @@ def _video_on_ray(args: argparse.Namespace, camera: bool):
         logging.getLogger(__name__).warning("each worker holds %g GPU(s) but runs the model on the CPU "
                                             "(--device cuda to use them)", args.gpus_per_worker)
     spec = PredictorSpec(model=os.path.abspath(args.model) if args.model else None, url=args.url,
-                         device=args.device, timeout_s=args.timeout, max_requests=args.batch_size)
+                         device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
+                         threads=max(1, int(args.cpus_per_worker)))
     cfg = RayConfig(address=None if args.ray == "local" else args.ray, workers=args.workers,
                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                     max_attempts=args.max_attempts, start_timeout_s=args.start_timeout)
@@ -337,6 +338,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of the PyTorch and ONNX Runtime engines on the same weights and image, one run."""
     if args.url:
         return cmd_bench_server(args)
+    if args.video and args.ray_workers:
+        from boxinst_serve.bench import machine_description
+        from boxinst_serve.bench_video_ray import format_video_ray, measure_video_ray
+
+        if not args.checkpoint:
+            raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
+        result = measure_video_ray(args.video, args.checkpoint, workers=args.ray_workers,
+                                   batch_size=args.batch_sizes[0])
+        result["machine"] = machine_description()
+        print(json.dumps(result) if args.json else f"machine: {result['machine']}\n{format_video_ray(result)}")
+        return 0
     if args.video:
         from boxinst_serve.bench import machine_description
         from boxinst_serve.bench_video import format_video, measure_video
@@ -626,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video throughput on this clip: plain one-frame loop vs `boxinst video` at --batch-sizes "
                         "(model from --checkpoint: .pt, .onnx or .plan)")
     s.add_argument("--batch-sizes", type=_ints, default=(1, 4, 8), help="--video: batch sizes to measure")
+    s.add_argument("--ray-workers", type=_ints, default=None,
+                   help="--video SOURCE (folder, glob, list file): single-process `boxinst video` against `--ray` "
+                        "with these worker counts, e.g. 1,2, on a local Ray (batch: the first of --batch-sizes)")
     s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 

@@ -14,8 +14,11 @@ single-process `boxinst video`, spread over the workers of a Ray cluster (Ray Co
 - Exactly once: a worker process that dies mid-video (killed, out of memory, its node lost) is
   restarted by Ray (max_restarts=-1) and the driver gives the video back to that same actor, which
   resumes after the last complete line (video.recover_jsonl). Ray runs an actor's calls one at a
-  time and starts its new process after the old one is gone, so two attempts at a video never
-  write at once. After `max_attempts` deaths on one video it is reported as failed (a file that
+  time and starts its new process after the old one is gone; on top of that a worker holds an
+  exclusive lock (flock on OUT/<video>/.writing.lock) while it writes a video, and waits for it
+  (`lock_timeout_s`) before starting, so a writer that outlives its driver or its node's
+  heartbeat (a driver killed and the command run again at once; a network split) is never joined
+  by a second one. After `max_attempts` deaths on one video it is reported as failed (a file that
   crashes the decoder must not loop for ever); an actor that cannot be restarted is retired and
   its video goes to another worker.
 - A bad video (not a video, undecodable, an inference error) is a failed report from
@@ -30,15 +33,18 @@ Ray is imported only inside the functions that need it (the `cluster` extra).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from boxinst_serve.video import JSONL, BatchPredictor, VideoReport, VideoSummary, process_video
 from boxinst_serve.video_inputs import VideoTask, plan_videos
@@ -47,6 +53,36 @@ log = logging.getLogger(__name__)
 
 # Called once inside each worker: -> (predict, close). Must be picklable (Ray ships it to the actors).
 PredictorFactory = Callable[[], "tuple[BatchPredictor, Callable[[], None]]"]
+LOCK = ".writing.lock"  # in OUT/<video>/, held (flock) by the worker writing that video
+
+
+class VideoLocked(RuntimeError):
+    """Another process is writing this video's folder."""
+
+
+@contextmanager
+def video_lock(out_dir: str | os.PathLike, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive flock on OUT_DIR/.writing.lock; wait up to timeout_s for another holder
+    (its locks go when its process dies), else raise VideoLocked."""
+    path = Path(out_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    if e.errno in (errno.EAGAIN, errno.EACCES):
+                        raise VideoLocked(f"{path} stayed locked for {timeout_s:g} s: another process is writing "
+                                          f"this video (a run still going?)") from None
+                    raise
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,7 @@ class PredictorSpec:
     device: str = "cpu"
     timeout_s: float = 30.0
     max_requests: int = 8
+    threads: int = 0  # .onnx: ONNX Runtime intra-op threads (0: its default, one per core of the node)
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.url):
@@ -79,7 +116,8 @@ class PredictorSpec:
             return client_batch_predictor(client), client.close
         from boxinst_serve.engines import load_engine
 
-        return engine_batch_predictor(load_engine(self.model, device=self.device)), lambda: None
+        kwargs = {"threads": self.threads} if self.threads and self.model.endswith(".onnx") else {}
+        return engine_batch_predictor(load_engine(self.model, device=self.device, **kwargs)), lambda: None
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,7 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     max_attempts: int = 3  # worker deaths on one video before it is reported as failed
     start_timeout_s: float = 600.0  # for all workers to be up (engine loaded)
+    lock_timeout_s: float = 120.0  # a worker waits this long for a video another process still writes
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.gpus_per_worker < 0 or self.cpus_per_worker < 0 or self.max_attempts < 1:
@@ -138,7 +177,17 @@ class VideoWorker:
             counter.add.remote(self.index, len(frames))
             return results
 
-        report = process_video(task.video, task.out_dir, predict, progress=False, **options)
+        options = dict(options)
+        lock_timeout_s = options.pop("lock_timeout_s")
+        out = Path(task.out_dir)
+        try:
+            with video_lock(out, lock_timeout_s):
+                report = process_video(task.video, out, predict, progress=False, **options)
+                if report.error and [p.name for p in out.iterdir()] == [LOCK]:  # not a video: no folder, as
+                    (out / LOCK).unlink()                                       # the single-process path
+                    out.rmdir()
+        except VideoLocked as e:
+            report = VideoReport(video=task.video, out_dir=task.out_dir, error=f"{task.video}: {e}")
         return report.to_dict()
 
     def close(self) -> None:
@@ -216,7 +265,8 @@ def run_videos_on_ray(sources: str | os.PathLike | Sequence[str | os.PathLike], 
             pending.append(task)
     summary = VideoSummary()
     if pending:
-        options = {"batch_size": batch_size, "every": every, "overlay": overlay, "score_thresh": score_thresh}
+        options = {"batch_size": batch_size, "every": every, "overlay": overlay, "score_thresh": score_thresh,
+                   "lock_timeout_s": cfg.lock_timeout_s}
         _Run(pending, make_predictor, cfg, options, progress, summary, reports, skipped=len(tasks) - len(pending)).go()
     elif progress:
         print(f"all {len(tasks)} video(s) already done: nothing to run", file=sys.stderr)

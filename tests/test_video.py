@@ -53,10 +53,8 @@ def clip(tiny_shapes, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(trained_lite, tmp_path_factory) -> Path:
-    from export.onnx import export_onnx
-
-    return export_onnx(trained_lite, tmp_path_factory.mktemp("video_onnx"))
+def onnx_model(lite_onnx) -> Path:
+    return lite_onnx
 
 
 @pytest.fixture(scope="module")
