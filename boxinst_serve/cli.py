@@ -345,7 +345,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
         result = measure_video_ray(args.video, args.checkpoint, workers=args.ray_workers,
-                                   batch_size=args.batch_sizes[0])
+                                   batch_size=args.batch_sizes[0], repeats=args.repeats)
         result["machine"] = machine_description()
         print(json.dumps(result) if args.json else f"machine: {result['machine']}\n{format_video_ray(result)}")
         return 0
@@ -641,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-workers", type=_ints, default=None,
                    help="--video SOURCE (folder, glob, list file): single-process `boxinst video` against `--ray` "
                         "with these worker counts, e.g. 1,2, on a local Ray (batch: the first of --batch-sizes)")
+    s.add_argument("--repeats", type=int, default=3, help="--ray-workers: turns over the paths (medians reported)")
     s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 

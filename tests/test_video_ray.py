@@ -246,3 +246,12 @@ def test_workers_that_do_not_fit_the_cluster_are_an_error(cluster, videos, lite_
     with pytest.raises(ValueError, match=r"needs 2 GPU\(s\); the Ray cluster has 1"):
         run_videos_on_ray(str(videos / "alpha.mp4"), tmp_path, PredictorSpec(model=str(lite_onnx)),
                           RayConfig(workers=2, gpus_per_worker=1), progress=False)
+
+
+def test_bench_compares_the_single_process_with_ray_workers(cluster, videos, lite_onnx, capsys):
+    assert main(["bench", "--video", str(videos / "alpha.mp4"), "--checkpoint", str(lite_onnx), "--ray-workers", "1",
+                 "--repeats", "1", "--batch-sizes", str(BATCH), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["path"], r["workers"]) for r in result["rows"]] == [("boxinst video", 0), ("boxinst video --ray", 1)]
+    assert all(r["frames"] == NUM_FRAMES and r["wall_s"] > 0 and r["identical"] for r in result["rows"])
+    assert result["rows"][0]["wall_vs_single"] == 1.0 and result["rows"][1]["startup_s"] > 0
