@@ -10,6 +10,10 @@ The paths take turns (single, Ray with each worker count) `repeats` times over; 
 the median of its path's runs, so a burst of load from elsewhere on a shared machine moves one run,
 not the ratio.
 
+Priority: Ray starts its worker processes at nice 15 (its `worker_niceness`), which on a machine
+shared with other work would hand the CPUs to everything else; the local Ray started here sets it
+to 0, the single process's priority. (A Ray this process already runs is used as it is.)
+
 Threads: the single process runs ONNX Runtime with its default (one per core); a Ray worker gets
 cpus/workers CPUs and as many ONNX Runtime threads, so the runs use the same cores."""
 from __future__ import annotations
@@ -51,7 +55,8 @@ def measure_video_ray(sources: str | Sequence[str], model: str, workers: Sequenc
         started = not ray.is_initialized()  # a Ray this process already runs (the tests') is used as it is
         if started:
             cpus = cpus or os.cpu_count() or 1
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     _system_config={"worker_niceness": 0})
         else:
             cpus = cpus or int(ray.cluster_resources().get("CPU", 1))
         ray_init_s = time.perf_counter() - t0
