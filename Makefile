@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[full,serve,client,dev]'
+	$(PY) -m pip install -q -e '.[full,serve,client,cluster,dev]'
 	touch $@
 
 # The whole suite, the slow box-only training test (about 12 minutes on 2 cores) included.

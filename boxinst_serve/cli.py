@@ -242,13 +242,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_video(args: argparse.Namespace) -> int:
-    """Segment video files, a folder of videos or a camera: OUT/<video>/instances.jsonl (+ overlay.mp4)."""
-    from boxinst_serve.video import camera_index, client_batch_predictor, engine_batch_predictor, process_videos
+    """Segment video files, folders, globs, list files or a camera: OUT/<video>/instances.jsonl (+ overlay.mp4);
+    with --ray, on the workers of a Ray cluster."""
+    from pathlib import Path
+
+    from boxinst_serve.files import write_json_atomic
+    from boxinst_serve.video import camera_index
 
     if bool(args.model) == bool(args.url):
         raise ValueError("give exactly one of --model (in-process) or --url (a running `boxinst serve`)")
     if args.batch_size < 1 or args.every < 1:
         raise ValueError("--batch-size and --every must be >= 1")
+    camera = camera_index(args.input[0]) is not None and len(args.input) == 1
+    summary_path = Path(args.summary or Path(args.out) / "summary.json")
+    if args.ray is not None:
+        summary = _video_on_ray(args, camera)
+    else:
+        summary = _video_in_process(args)
+    write_json_atomic(summary_path, summary.to_dict())
+    print(summary.format(args.score_thresh) + f" ({'server ' + args.url if args.url else args.model}); "
+          f"results in {args.out}, summary {summary_path}")
+    for r in summary.failed:
+        print(f"failed: {r.error}", file=sys.stderr)
+    if summary.interrupted and not camera:  # Ctrl-C is how a camera run ends
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
+
+
+def _video_on_ray(args: argparse.Namespace, camera: bool):
+    import os
+
+    from boxinst_serve.video_ray import PredictorSpec, RayConfig, run_videos_on_ray
+
+    if camera:
+        raise ValueError("--ray processes video files; a camera is read by one process (drop --ray)")
+    if args.model and not os.path.exists(args.model):
+        raise FileNotFoundError(f"model '{args.model}' does not exist (the workers read it from the same path: "
+                                f"put it on storage every node sees)")
+    if args.gpus_per_worker > 0 and args.device == "cpu" and args.model:
+        logging.getLogger(__name__).warning("each worker holds %g GPU(s) but runs the model on the CPU "
+                                            "(--device cuda to use them)", args.gpus_per_worker)
+    spec = PredictorSpec(model=os.path.abspath(args.model) if args.model else None, url=args.url,
+                         device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
+                         threads=max(1, int(args.cpus_per_worker)))
+    cfg = RayConfig(address=None if args.ray == "local" else args.ray, workers=args.workers,
+                    gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                    max_attempts=args.max_attempts, start_timeout_s=args.start_timeout)
+    return run_videos_on_ray(args.input, args.out, spec, cfg, batch_size=args.batch_size, every=args.every,
+                             overlay=args.overlay, score_thresh=args.score_thresh, progress=not args.quiet)
+
+
+def _video_in_process(args: argparse.Namespace):
+    from boxinst_serve.video import client_batch_predictor, engine_batch_predictor, process_videos
+
     client = None
     if args.url:
         from boxinst_serve.client import BoxInstClient
@@ -262,19 +309,11 @@ def cmd_video(args: argparse.Namespace) -> int:
 
         predict = engine_batch_predictor(load_engine(args.model, device=args.device))
     try:
-        summary = process_videos(args.input, args.out, predict, batch_size=args.batch_size, every=args.every,
-                                 overlay=args.overlay, score_thresh=args.score_thresh, progress=not args.quiet)
+        return process_videos(args.input, args.out, predict, batch_size=args.batch_size, every=args.every,
+                              overlay=args.overlay, score_thresh=args.score_thresh, progress=not args.quiet)
     finally:
         if client is not None:
             client.close()
-    print(summary.format(args.score_thresh) + f" ({'server ' + args.url if args.url else args.model}); "
-          f"results in {args.out}")
-    for r in summary.failed:
-        print(f"failed: {r.error}", file=sys.stderr)
-    if summary.interrupted and camera_index(args.input) is None:  # Ctrl-C is how a camera run ends
-        print("interrupted: run the same command again to continue", file=sys.stderr)
-        return 130
-    return 1 if summary.failed else 0
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
@@ -335,6 +374,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of the PyTorch and ONNX Runtime engines on the same weights and image, one run."""
     if args.url:
         return cmd_bench_server(args)
+    if args.video and args.ray_workers:
+        from boxinst_serve.bench import machine_description
+        from boxinst_serve.bench_video_ray import format_video_ray, measure_video_ray
+
+        if not args.checkpoint:
+            raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
+        result = measure_video_ray(args.video, args.checkpoint, workers=args.ray_workers,
+                                   batch_size=args.batch_sizes[0], repeats=args.repeats)
+        result["machine"] = machine_description()
+        print(json.dumps(result) if args.json else f"machine: {result['machine']}\n{format_video_ray(result)}")
+        return 0
     if args.video:
         from boxinst_serve.bench import machine_description
         from boxinst_serve.bench_video import format_video, measure_video
@@ -578,8 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 
-    s = sub.add_parser("video", help="segment videos (file, folder, camera index): jsonl per frame, overlay")
-    s.add_argument("input", help="video file, folder of videos, or a camera index such as 0")
+    s = sub.add_parser("video", help="segment videos (files, folders, globs, list files, camera index): jsonl per "
+                                     "frame, overlay; --ray: on a Ray cluster")
+    s.add_argument("input", nargs="+", help="video files, folders of videos, globs ('clips/**/*.mp4'), list files "
+                                            "(.txt: one per line), or one camera index such as 0")
     s.add_argument("--out", required=True, help="output folder (one sub-folder per video)")
     s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
@@ -590,6 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--score-thresh", type=float, default=0.3, help="drawn/counted instances")
     s.add_argument("--device", default="cpu")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--summary", default=None, help="run summary JSON (default: OUT/summary.json)")
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="process the videos on Ray workers: no ADDRESS starts a local Ray; 'auto', HOST:PORT or "
+                        "ray://HOST:10001 joins a cluster (inputs, model and OUT on storage every node sees)")
+    s.add_argument("--workers", type=int, default=1, help="--ray: worker actors (each loads the model once)")
+    s.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per worker (fractions share one)")
+    s.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="--ray: CPUs per worker (decode and writer threads; CPU inference)")
+    s.add_argument("--max-attempts", type=int, default=3,
+                   help="--ray: worker deaths on one video before it is reported as failed")
+    s.add_argument("--start-timeout", type=float, default=600.0, help="--ray: seconds for all workers to be up")
     s.set_defaults(func=cmd_video)
 
     s = sub.add_parser("annotate", help="pseudo-label masks for the boxes of a COCO json (auto-labelling)")
@@ -641,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video throughput on this clip: plain one-frame loop vs `boxinst video` at --batch-sizes "
                         "(model from --checkpoint: .pt, .onnx or .plan)")
     s.add_argument("--batch-sizes", type=_ints, default=(1, 4, 8), help="--video: batch sizes to measure")
+    s.add_argument("--ray-workers", type=_ints, default=None,
+                   help="--video SOURCE (folder, glob, list file): single-process `boxinst video` against `--ray` "
+                        "with these worker counts, e.g. 1,2, on a local Ray (batch: the first of --batch-sizes)")
+    s.add_argument("--repeats", type=int, default=3, help="--ray-workers: turns over the paths (medians reported)")
     s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 

@@ -6,6 +6,9 @@ calling thread (frames batched into one engine call, or sent concurrently to the
 bounded queue -> a writer thread (JSON lines, overlay video). Decoding and encoding run while the
 engine works, so the engine does not wait on them.
 
+Inputs: files, folders, globs and list files, planned by boxinst_serve.video_inputs (which also
+names the output folders); the Ray path (boxinst_serve.video_ray) uses the same plan.
+
 Output per video, in OUT/<video stem>/:
 
 - `instances.jsonl`: one JSON line per processed frame, in frame order:
@@ -13,7 +16,13 @@ Output per video, in OUT/<video stem>/:
   "class_name": name, "rle": {"size": [h, w], "counts": str}}]}. Every detection the model returns
   is written; `score_thresh` only selects what is drawn and counted in the summary.
 - `overlay.mp4` (with `overlay=True`): the processed frames with masks drawn (mp4v).
-- `done.json`: the video's summary, written atomically when the whole video has been processed.
+- `done.json`, written atomically when the whole video has been processed: what the output holds,
+  {"video", "every", "frames" (lines in instances.jsonl), "last_frame", "frames_failed"
+  (frames up to the last one with no line: undecodable), "done": true}. It describes the output,
+  not the run that made it (no times, no resume point), so a video processed in one go, resumed
+  after a kill, or processed by a Ray worker gets the same bytes. The run's figures (seconds,
+  frames/s, resumed_after_frame) are in the run summary (`boxinst video --summary`, default
+  OUT/summary.json).
 
 Resuming (files only; a camera starts afresh and overwrites its folder): a video with `done.json`
 is skipped (delete its folder to redo it). Otherwise, if `instances.jsonl` exists, its complete
@@ -61,15 +70,15 @@ from boxinst_serve.files import write_json_atomic
 from boxinst_serve.postprocess import instances_for
 from boxinst_serve.preprocess import prepare_for
 from boxinst_serve.results import Instances
+from boxinst_serve.video_inputs import DONE, VIDEO_SUFFIXES, collect_video_files, plan_videos
 from boxinst_serve.visualize import draw_instances
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
-                  ".mts", ".3gp", ".ogv"}
 MAX_CONSECUTIVE_FAILURES = 10
 QUEUE_BATCHES = 2  # bounded queues hold this many batches of frames
-JSONL, DONE, OVERLAY, OVERLAY_TMP = "instances.jsonl", "done.json", "overlay.mp4", "overlay.writing.mp4"
+JSONL, OVERLAY, OVERLAY_TMP = "instances.jsonl", "overlay.mp4", "overlay.writing.mp4"
+# DONE and VIDEO_SUFFIXES are imported from boxinst_serve.video_inputs (their one definition)
 
 # RGB frames -> their Instances (same order)
 BatchPredictor = Callable[[list[np.ndarray]], list[Instances]]
@@ -109,14 +118,9 @@ def camera_index(text: str | os.PathLike) -> int | None:
     return int(s) if s.isdigit() and not Path(s).exists() else None
 
 
-def collect_videos(source: str | os.PathLike) -> list[Path]:
-    """A file as given, or the video files of a folder (by suffix, sorted)."""
-    p = Path(source)
-    if p.is_dir():
-        return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_SUFFIXES)
-    if not p.exists():
-        raise FileNotFoundError(f"video '{p}' does not exist")
-    return [p]
+def collect_videos(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their videos, sorted), globs, list files -> absolute paths (video_inputs)."""
+    return collect_video_files(source)
 
 
 # ---- resume -----------------------------------------------------------------------------------
@@ -217,6 +221,9 @@ class VideoReport:
 class VideoSummary:
     reports: list[VideoReport] = field(default_factory=list)
     seconds: float = 0.0
+    processing_s: float = 0.0  # from the first video's start to the last one's end
+    startup: dict[str, float] = field(default_factory=dict)  # before the first video (Ray: start-up, workers)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # per worker: videos, frames, busy_s, frames_per_s
 
     @property
     def failed(self) -> list[VideoReport]:
@@ -243,6 +250,20 @@ class VideoSummary:
     def frames_per_s(self) -> float:
         busy = sum(r.seconds for r in self.reports)
         return self.frames_processed / busy if busy else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run summary JSON: counts, frames, seconds, per-worker throughput, per-video reports."""
+        return {"videos": len(self.reports),
+                "done": sum(r.done and not r.skipped for r in self.reports),
+                "skipped": sum(r.skipped for r in self.reports),
+                "failed": len(self.failed),
+                "interrupted": sum(r.interrupted for r in self.reports),
+                "failed_videos": [{"video": r.video, "error": r.error} for r in self.failed],
+                "frames": self.frames_processed, "frames_failed": self.frames_failed,
+                "seconds": self.seconds, "startup_s": sum(self.startup.values()), "startup": self.startup,
+                "processing_s": self.processing_s,
+                "frames_per_s": self.frames_processed / self.processing_s if self.processing_s else 0.0,
+                "workers": self.workers, "reports": [r.to_dict() for r in self.reports]}
 
     def format(self, score_thresh: float) -> str:
         skipped = sum(r.skipped for r in self.reports)
@@ -483,6 +504,8 @@ def process_video(source: str | os.PathLike | int, out_dir: str | os.PathLike, p
         if done_frames:
             report.resumed_after_frame = done_frames[-1]
             log.info("%s: resuming after frame %d (%d line(s) kept)", label, done_frames[-1], len(done_frames))
+        last_frame = done_frames[-1] if done_frames else None
+        kept = len(done_frames)
         replay = set(done_frames) if overlay else set()
         records = _Records(out / JSONL if replay else None)
         frames_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size)
@@ -517,6 +540,7 @@ def process_video(source: str | os.PathLike | int, out_dir: str | os.PathLike, p
                     raise RuntimeError(f"the predictor returned {len(results)} results for {len(batch)} frames")
                 for (_, i, t, rgb), inst in zip(batch, results):
                     _put(write_q, ("frame", i, t, rgb, inst), abort)
+                    last_frame = i
                     report.instances += int((inst.scores >= score_thresh).sum())
                 _put(write_q, ("sync",), abort)
                 report.frames_processed += len(batch)
@@ -550,27 +574,30 @@ def process_video(source: str | os.PathLike | int, out_dir: str | os.PathLike, p
             log.error("%s", report.error)
         elif not report.interrupted and not camera:
             report.done = True
-            write_json_atomic(out / DONE, report.to_dict())
+            write_json_atomic(out / DONE, output_facts(label, every, kept + report.frames_processed, last_frame))
         return report
     finally:
         cap.release()
 
 
-def _video_dirs(paths: Sequence[Path], out: Path) -> list[Path]:
-    """OUT/<stem>, or OUT/<name> where two videos share a stem."""
-    stems = [p.stem for p in paths]
-    return [out / (p.stem if stems.count(p.stem) == 1 else p.name) for p in paths]
+def output_facts(video: str, every: int, frames: int, last_frame: int | None) -> dict[str, Any]:
+    """done.json: what a finished video's output holds, the same whatever history made it.
+    frames_failed: the frames 0, every, ... up to last_frame that have no line (undecodable)."""
+    wanted = 0 if last_frame is None else last_frame // every + 1
+    return {"video": video, "every": every, "frames": frames, "last_frame": last_frame,
+            "frames_failed": wanted - frames, "done": True}
 
 
-def process_videos(source: str | os.PathLike, out_dir: str | os.PathLike, predict: BatchPredictor,
-                   batch_size: int = 8, every: int = 1, overlay: bool = False, score_thresh: float = 0.3,
-                   progress: bool = True) -> VideoSummary:
-    """A video file, a folder of videos or a camera index ("0") -> OUT_DIR/<video stem>/ each.
-    Ctrl-C finishes the current batch of the current video and stops."""
+def process_videos(source: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   predict: BatchPredictor, batch_size: int = 8, every: int = 1, overlay: bool = False,
+                   score_thresh: float = 0.3, progress: bool = True) -> VideoSummary:
+    """Video files, folders, globs, list files (boxinst_serve.video_inputs) or one camera index ("0")
+    -> OUT_DIR/<video>/ each. Ctrl-C finishes the current batch of the current video and stops."""
     out = Path(out_dir)
     summary = VideoSummary()
     t0 = time.perf_counter()
-    cam = camera_index(source)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    cam = camera_index(sources[0]) if len(sources) == 1 else None
     with _Stop() as stopper:
         if cam is not None:
             cam_dir = out / f"camera{cam}"
@@ -580,13 +607,13 @@ def process_videos(source: str | os.PathLike, out_dir: str | os.PathLike, predic
             summary.reports.append(process_video(cam, cam_dir, predict, batch_size, every, overlay, score_thresh,
                                                  progress, stopper.event))
         else:
-            paths = collect_videos(source)
-            if not paths:
-                raise FileNotFoundError(f"no video files in '{source}' (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})")
-            for path, vdir in zip(paths, _video_dirs(paths, out)):
+            for task in plan_videos(sources, out):
                 if stopper.event.is_set():
                     break
-                summary.reports.append(process_video(path, vdir, predict, batch_size, every, overlay, score_thresh,
-                                                     progress, stopper.event))
-    summary.seconds = time.perf_counter() - t0
+                summary.reports.append(process_video(task.video, task.out_dir, predict, batch_size, every, overlay,
+                                                     score_thresh, progress, stopper.event))
+    summary.seconds = summary.processing_s = time.perf_counter() - t0
+    frames, busy = summary.frames_processed, sum(r.seconds for r in summary.reports)
+    summary.workers = [{"worker": "local", "pid": os.getpid(), "videos": sum(not r.skipped for r in summary.reports),
+                        "frames": frames, "busy_s": busy, "frames_per_s": frames / busy if busy else 0.0}]
     return summary

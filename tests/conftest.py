@@ -31,3 +31,11 @@ def trained_lite(tiny_shapes, tmp_path_factory) -> Path:
     cfg = TrainConfig.scaled(30, batch_size=2, min_sizes=(128,), max_size=160, num_workers=0, log_period=10)
     return train(lite().replace(min_size_test=128, max_size_test=160), cfg, tiny_shapes["train"], root / "run",
                  progress=False)
+
+
+@pytest.fixture(scope="session")
+def lite_onnx(trained_lite, tmp_path_factory) -> Path:
+    """trained_lite exported to ONNX, once per session (the video tests, in-process and on Ray)."""
+    from export.onnx import export_onnx
+
+    return export_onnx(trained_lite, tmp_path_factory.mktemp("lite_onnx"))

@@ -53,10 +53,8 @@ def clip(tiny_shapes, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(trained_lite, tmp_path_factory) -> Path:
-    from export.onnx import export_onnx
-
-    return export_onnx(trained_lite, tmp_path_factory.mktemp("video_onnx"))
+def onnx_model(lite_onnx) -> Path:
+    return lite_onnx
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def assert_same_records(got: list[dict], ref: list[dict]) -> None:
                                        atol=0.1)
 
 
-def test_model_run_writes_every_frame_in_order(full_run, capsys):
+def test_model_run_writes_every_frame_in_order(clip, full_run, capsys):
     records = read_lines(full_run / JSONL)
     assert [r["frame"] for r in records] == list(range(NUM_FRAMES))
     np.testing.assert_allclose([r["timestamp_s"] for r in records], np.arange(NUM_FRAMES) / 10.0, atol=1e-3)
@@ -86,7 +84,10 @@ def test_model_run_writes_every_frame_in_order(full_run, capsys):
     assert set(inst) == {"box", "score", "class", "class_name", "rle"}
     assert inst["rle"]["size"] == [128, 160] and isinstance(inst["rle"]["counts"], str)
     done = json.loads((full_run / DONE).read_text())
-    assert done["done"] and done["frames_processed"] == NUM_FRAMES and done["frames_failed"] == 0
+    assert done == {"video": str(clip), "every": 1, "frames": NUM_FRAMES, "last_frame": NUM_FRAMES - 1,
+                    "frames_failed": 0, "done": True}
+    summary = json.loads((full_run.parent / "summary.json").read_text())
+    assert summary["done"] == 1 and summary["frames"] == NUM_FRAMES and summary["reports"][0]["seconds"] > 0
     assert count_frames(full_run / OVERLAY) == NUM_FRAMES
     assert not (full_run / "overlay.writing.mp4").exists()
 
@@ -118,7 +119,8 @@ def test_resume_after_a_line_cut_mid_way(clip, onnx_model, full_run, tmp_path):
     assert main(["video", str(clip), "--out", str(tmp_path), "--model", str(onnx_model), "--batch-size", "3",
                  "--overlay", "--quiet"]) == 0
     assert_same_records(read_lines(out / JSONL), read_lines(full_run / JSONL))
-    assert json.loads((out / DONE).read_text())["resumed_after_frame"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["reports"][0]["resumed_after_frame"] == 4
+    assert (out / DONE).read_bytes() == (full_run / DONE).read_bytes()  # done.json: the output, not the run
     assert count_frames(out / OVERLAY) == NUM_FRAMES  # rebuilt from frame 0: stored frames drawn again
 
 
