@@ -124,7 +124,7 @@ def test_grpc_results_equal_in_process_onnxruntime(served, ext, mask_format):
 def test_path_and_numpy_inputs_and_class_names(served):
     path = served["images"][0]
     by_path = served["client"].segment(path)
-    by_array = served["client"].segment(decode_image(path.read_bytes()))  # sent as PNG: lossless
+    by_array = served["client"].segment(decode_image(path.read_bytes()))  # sent raw: lossless
     assert_same(by_array, by_path)
     assert by_path.class_names == served["serving"].model.class_names
     geometry = by_path.geometry()
@@ -491,3 +491,19 @@ def test_committed_raw_ensemble_chains_the_same_net_and_postprocess(served):
     assert set(steps[0].output_map) == {o.name for o in pre.output}
     assert list(steps[1:]) == list(encoded.ensemble_scheduling.step[1:])
     assert list(raw.output) == list(encoded.output)
+
+
+def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
+    from boxinst_serve.cli import main
+
+    assert main(["bench", "--url", served["url"], "--repository", str(served["repo"]), "--input", "png,raw,shm",
+                 "--frames", "160x120", "--image", str(served["images"][0]), "--iters", "2", "--warmup", "1",
+                 "--json"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)["rows"]
+    assert [(r["input"], r["frame"], r["requests"]) for r in rows] == [("png", "160x120", 2), ("raw", "160x120", 2),
+                                                                      ("shm", "160x120", 2)]
+    assert len({r["instances"] for r in rows}) == 1
+    for r in rows:
+        assert r["server_compute_ms"] > 0 and r["queue_ms"] >= 0 and r["in_process_p50_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["p50_ms"] / r["in_process_p50_ms"])
+    assert not [n for n in registered_regions(served["client"]._client) if n.startswith("boxinst_")]
