@@ -24,6 +24,11 @@ from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
 log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
 CPU_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_onnxruntime_cpu.py"
+# How long the dynamic batcher holds a request for others to join its batch. On a GPU a batch of 8
+# costs little more than one, so 1 ms of waiting pays under load. On the CPU a batch costs its
+# size in time (docs/benchmarks.md, video), so waiting only adds latency: requests that arrive
+# while the network runs are batched anyway.
+BATCH_DELAY_US = {"cpu": 0, "onnxruntime": 1000, "tensorrt": 1000}
 
 
 def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
@@ -41,7 +46,7 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
         f'name: "{NET_MODEL}"',
         head,
         f"max_batch_size: {max_batch_size}",
-        "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {BATCH_DELAY_US[flavour]} }}",
         "input [",
         f'  {{ name: "{INPUT_NAME}", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ] }}',
         "]",
