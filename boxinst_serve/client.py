@@ -243,7 +243,11 @@ class BoxInstClient:
         try:
             return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
-            raise _wrap(e) from e
+            err = _wrap(e)
+            if model == self.raw_model and "unknown model" in str(err):
+                raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames (copied "
+                                   "before it existed?): copy model_repository/ again, or use arrays='png'") from e
+            raise err from e
 
     def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
         """One image -> Instances at its original resolution (masks decoded lazily from RLE).

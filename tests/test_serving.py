@@ -460,6 +460,28 @@ def test_regions_of_a_killed_client_are_removed_by_the_next_client(served):
     status.close()
 
 
+def test_a_server_without_the_raw_ensemble_gets_a_hint(served):
+    with BoxInstClient(served["url"], raw_model="boxinst_missing") as c:
+        with pytest.raises(BoxInstError, match="no 'boxinst_missing' ensemble for raw frames .* arrays='png'"):
+            c.segment(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_a_client_never_closed_cleans_up_at_interpreter_exit(served):
+    code = ("import sys, numpy as np\n"
+            "from boxinst_serve.client import BoxInstClient\n"
+            "c = BoxInstClient(sys.argv[1], shared_memory=True)\n"
+            "c.segment(np.zeros((64, 80, 3), np.uint8))\n"
+            "print(' '.join(c.shared_memory_regions), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code, served["url"]], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    names = out.stdout.split()
+    assert len(names) == 2 and "leaked" not in out.stderr  # unlinked by us, not by the resource tracker
+    status = grpcclient.InferenceServerClient(served["url"])
+    assert not set(names) & set(registered_regions(status))
+    assert not [n for n in names if (SHM_DIR / n).exists()]
+    status.close()
+
+
 def test_raw_ensemble_metadata_and_asyncio_raw_frames(served):
     c = grpcclient.InferenceServerClient(served["url"])
     meta = c.get_model_metadata("boxinst_raw", as_json=True)
