@@ -2,20 +2,23 @@
 (`boxinst bench --url URL --input png,raw,shm`).
 
 For each frame size and input path, at concurrency 1, requests alternate with the in-process
-run of the same work (letterbox, ONNX Runtime on the repository's model.onnx, paste + RLE: what a
-robot holding the frame would do without a server), so that both see the same machine state.
+run of the same work (letterbox, ONNX Runtime on the repository's model.onnx with the served
+model's thread settings, paste + RLE: what a robot holding the frame would do without a server),
+so that both see the same machine state.
 The client-side latency (frame in, Instances out) is split into:
 - encode: PNG encoding (png), building the request message (raw) or copying the frame into
   shared memory (shm), measured by the client;
-- transfer: the gRPC call minus the steps' queue and compute times: serialisation, the wire,
-  gRPC threads on both sides, and the ensemble passing tensors from step to step;
-- queue: time the requests waited in the steps' schedulers (Triton's statistics);
-- server compute: the steps' compute_input + compute_infer + compute_output (Triton's
-  statistics, through the gRPC inference-statistics API; for the Python-backend steps this
-  includes moving tensors to and from their stub processes);
+- transfer: the gRPC call minus the ensemble's time in Triton: serialisation, the wire, gRPC
+  threads on both sides, setting up the request and sending the response;
+- queue: time the request waited in the steps' schedulers (Triton's statistics);
+- server compute: the ensemble's time minus that queueing: the steps' work, including moving
+  tensors to and from the Python-backend stub processes and from step to step;
 - decode: response to Instances, measured by the client.
-Triton's statistics are cumulative sums, so the server-side parts are means over the timed
-requests (the difference of two snapshots); the client-side parts are medians."""
+The server-side figures come from Triton's statistics (the gRPC inference-statistics API), which
+are cumulative sums: they are means over the timed requests (the difference of two snapshots),
+the client-side parts medians. Triton closes a request's statistics when it releases the request,
+a little after the response has left, so under heavy CPU contention `transfer` can come out
+slightly negative."""
 from __future__ import annotations
 
 import time
@@ -44,7 +47,6 @@ class BudgetRow:
     queue_ms: float
     server_compute_ms: float
     decode_ms: float
-    server_total_ms: float  # the ensemble's own request time (Triton's statistics), for reference
 
     @property
     def ratio(self) -> float:
@@ -59,7 +61,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
-    """model -> {count, success_ns, queue_ns, compute_ns} (cumulative, from Triton)."""
+    """model -> {count, success_ns, queue_ns} (cumulative, from Triton)."""
     out = {}
     for m in models:
         s = client.get_inference_statistics(m, as_json=True)["model_stats"][0]["inference_stats"]
@@ -68,8 +70,7 @@ def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
             return float(s.get(key, {}).get("ns", 0))
 
         out[m] = {"count": float(s.get("success", {}).get("count", 0)), "success_ns": ns("success"),
-                  "queue_ns": ns("queue"),
-                  "compute_ns": ns("compute_input") + ns("compute_infer") + ns("compute_output")}
+                  "queue_ns": ns("queue")}
     return out
 
 
@@ -78,14 +79,30 @@ def _steps(client, ensemble: str) -> list[str]:
     return [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
 
 
-def in_process_runner(repository: str | Path, threads: int = 0):
+def served_engine_settings(url: str) -> dict:
+    """The served boxinst_net's ONNX Runtime settings (config parameters written by export), so
+    that the in-process run uses the same: {"threads": int, "spinning": bool}."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    try:
+        params = c.get_model_config("boxinst_net", as_json=True)["config"].get("parameters", {})
+    finally:
+        c.close()
+    value = {k: v.get("string_value", "") for k, v in params.items()}
+    return {"threads": int(value.get("intra_op_threads") or 0),
+            "spinning": value.get("intra_op_spinning", "1") not in ("0", "false")}
+
+
+def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool = True):
     """frame RGB uint8 [H, W, 3] -> Instances, the server's work in this process."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
     from boxinst_serve.postprocess import to_instances
     from boxinst_serve.serving import ServingConfig, letterbox
 
     serving = ServingConfig.load(repository)
-    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads)
+    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads,
+                               spinning=spinning)
     cfg = serving.model
 
     def run(frame: np.ndarray):
@@ -97,7 +114,8 @@ def in_process_runner(repository: str | Path, threads: int = 0):
 
 def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, iters: int = 30, warmup: int = 3,
                    timeout_s: float = 60.0) -> BudgetRow:
-    """`iters` requests of `frame` by `input_mode`, each followed by one in-process run."""
+    """`iters` requests of `frame` by `input_mode`, alternating with as many in-process runs
+    (in-process first on every other request)."""
     import tritonclient.grpc as grpcclient
 
     if input_mode not in INPUTS:
@@ -114,7 +132,11 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
             before = _stats(stats_client, models)
             lat, inproc, enc, call, dec = [], [], [], [], []
             dets = 0
-            for _ in range(iters):
+            for i in range(iters):
+                if i % 2:  # each path follows the other equally often
+                    t0 = time.perf_counter()
+                    in_process(frame)
+                    inproc.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 inst = client.segment(frame)
                 lat.append(time.perf_counter() - t0)
@@ -123,23 +145,22 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
                 call.append(timing["infer_s"])
                 dec.append(timing["decode_s"])
                 dets = len(inst)
-                t0 = time.perf_counter()
-                in_process(frame)
-                inproc.append(time.perf_counter() - t0)
+                if not i % 2:
+                    t0 = time.perf_counter()
+                    in_process(frame)
+                    inproc.append(time.perf_counter() - t0)
             after = _stats(stats_client, models)
     finally:
         stats_client.close()
     delta = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in models}
     n = max(delta[ensemble]["count"], 1.0)
     server_ms = delta[ensemble]["success_ns"] / n / 1e6
-    steps = models[1:]
-    queue_ms = sum(delta[m]["queue_ns"] for m in steps) / n / 1e6
-    compute_ms = sum(delta[m]["compute_ns"] for m in steps) / n / 1e6
+    queue_ms = sum(delta[m]["queue_ns"] for m in models[1:]) / n / 1e6
     return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", requests=len(lat), instances=dets,
                      p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), in_process_p50_ms=_pct(inproc, 50),
                      in_process_p95_ms=_pct(inproc, 95), encode_ms=_pct(enc, 50),
-                     transfer_ms=float(np.mean(call)) * 1000 - queue_ms - compute_ms, queue_ms=queue_ms,
-                     server_compute_ms=compute_ms, decode_ms=_pct(dec, 50), server_total_ms=server_ms)
+                     transfer_ms=float(np.mean(call)) * 1000 - server_ms, queue_ms=queue_ms,
+                     server_compute_ms=server_ms - queue_ms, decode_ms=_pct(dec, 50))
 
 
 def format_budget(rows: list[BudgetRow]) -> str:
@@ -152,7 +173,7 @@ def format_budget(rows: list[BudgetRow]) -> str:
                      f"{r.queue_ms:.2f} | {r.server_compute_ms:.1f} | {r.decode_ms:.2f} | "
                      f"{r.instances} |")
     lines.append("(milliseconds; encode, decode: client medians; transfer, queue, server compute: means over the "
-                 "timed requests, queue and compute from Triton's statistics)")
+                 "timed requests, from Triton's statistics)")
     return "\n".join(lines)
 
 

@@ -32,7 +32,8 @@ BATCH_DELAY_US = {"cpu": 0, "onnxruntime": 1000, "tensorrt": 1000}
 
 
 def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
-               trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0) -> str:
+               trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0,
+               intra_op_spinning: bool = False) -> str:
     """config.pbtxt text of boxinst_net for a flavour (inputs/outputs as the network contract)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -60,7 +61,10 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
         f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
         "parameters [",
         f'  {{ key: "class_names", value: {{ string_value: {json.dumps(json.dumps(cfg.class_names))} }} }},',
-        f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }}',
+        f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }},',
+        # cpu flavour: ONNX Runtime's idle threads busy-wait by default, which takes the cores from
+        # the post-processing step and Triton's threads just when they run (docs/benchmarks.md).
+        f'  {{ key: "intra_op_spinning", value: {{ string_value: "{int(intra_op_spinning)}" }} }}',
         "]",
     ]
     if flavour == "onnxruntime" and trt_accelerator:

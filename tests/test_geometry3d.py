@@ -155,8 +155,8 @@ def test_3d_geometry_needs_neither_torch_nor_opencv():
             "import numpy as np\n"
             "from boxinst_serve.results import Instances\n"
             "m = np.zeros((1, 20, 30), bool); m[0, 5:10, 5:20] = True\n"
-            "inst = Instances(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64), [], (20, 30),"
-            " _masks=m)\n"
+            "inst = Instances(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64), [],\n"
+            "                 (20, 30), _masks=m)\n"
             "g = inst.geometry_3d(np.full((20, 30), 1.0), (100, 100, 15, 10))[0]\n"
             "assert g['valid_px'] == 75, g\n")
     subprocess.run([sys.executable, "-c", code], check=True)

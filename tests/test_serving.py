@@ -529,3 +529,12 @@ def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
         assert r["server_compute_ms"] > 0 and r["queue_ms"] >= 0 and r["in_process_p50_ms"] > 0
         assert r["ratio"] == pytest.approx(r["p50_ms"] / r["in_process_p50_ms"])
     assert not [n for n in registered_regions(served["client"]._client) if n.startswith("boxinst_")]
+
+
+def test_cpu_net_runs_onnx_runtime_without_spinning_threads(served):
+    from boxinst_serve.bench_frames import served_engine_settings
+    from export.triton import net_config
+
+    assert served_engine_settings(served["url"]) == {"threads": 0, "spinning": False}
+    assert 'key: "intra_op_spinning", value: { string_value: "1" }' in net_config(
+        served["serving"].model, "cpu", intra_op_spinning=True)
