@@ -22,7 +22,7 @@ slightly negative."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,9 @@ class BudgetRow:
     queue_ms: float
     server_compute_ms: float
     decode_ms: float
+    # per step: {"server_ms": the step's mean time in Triton (queue + compute, its statistics),
+    # "in_process_ms": the mean time of the same stage in process}
+    steps: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -94,8 +97,12 @@ def served_engine_settings(url: str) -> dict:
             "spinning": value.get("intra_op_spinning", "1") not in ("0", "false")}
 
 
+STAGES = ("pre", "network", "post")  # the ensembles' steps, in order
+
+
 def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool = True):
-    """frame RGB uint8 [H, W, 3] -> Instances, the server's work in this process."""
+    """frame RGB uint8 [H, W, 3] -> (Instances, seconds per stage {pre, network, post}), the
+    server's work in this process."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
     from boxinst_serve.postprocess import to_instances
     from boxinst_serve.serving import ServingConfig, letterbox
@@ -106,8 +113,13 @@ def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool =
     cfg = serving.model
 
     def run(frame: np.ndarray):
+        t0 = time.perf_counter()
         canvas, meta = letterbox(frame, cfg, serving.canvas)
-        return to_instances(engine(canvas[None]), 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
+        t1 = time.perf_counter()
+        out = engine(canvas[None])
+        t2 = time.perf_counter()
+        inst = to_instances(out, 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
+        return inst, {"pre": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
 
     return run
 
@@ -131,12 +143,19 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
                 in_process(frame)
             before = _stats(stats_client, models)
             lat, inproc, enc, call, dec = [], [], [], [], []
+            stages = {k: [] for k in STAGES}
             dets = 0
+
+            def run_in_process() -> None:
+                t0 = time.perf_counter()
+                _, parts = in_process(frame)
+                inproc.append(time.perf_counter() - t0)
+                for k in STAGES:
+                    stages[k].append(parts[k])
+
             for i in range(iters):
                 if i % 2:  # each path follows the other equally often
-                    t0 = time.perf_counter()
-                    in_process(frame)
-                    inproc.append(time.perf_counter() - t0)
+                    run_in_process()
                 t0 = time.perf_counter()
                 inst = client.segment(frame)
                 lat.append(time.perf_counter() - t0)
@@ -146,9 +165,7 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
                 dec.append(timing["decode_s"])
                 dets = len(inst)
                 if not i % 2:
-                    t0 = time.perf_counter()
-                    in_process(frame)
-                    inproc.append(time.perf_counter() - t0)
+                    run_in_process()
             after = _stats(stats_client, models)
     finally:
         stats_client.close()
@@ -156,11 +173,14 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
     n = max(delta[ensemble]["count"], 1.0)
     server_ms = delta[ensemble]["success_ns"] / n / 1e6
     queue_ms = sum(delta[m]["queue_ns"] for m in models[1:]) / n / 1e6
+    steps = {stage: {"model": m, "server_ms": delta[m]["success_ns"] / max(delta[m]["count"], 1.0) / 1e6,
+                     "in_process_ms": float(np.mean(stages[stage])) * 1000}
+             for stage, m in zip(STAGES, models[1:])}
     return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", requests=len(lat), instances=dets,
                      p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), in_process_p50_ms=_pct(inproc, 50),
                      in_process_p95_ms=_pct(inproc, 95), encode_ms=_pct(enc, 50),
                      transfer_ms=float(np.mean(call)) * 1000 - server_ms, queue_ms=queue_ms,
-                     server_compute_ms=server_ms - queue_ms, decode_ms=_pct(dec, 50))
+                     server_compute_ms=server_ms - queue_ms, decode_ms=_pct(dec, 50), steps=steps)
 
 
 def format_budget(rows: list[BudgetRow]) -> str:
@@ -174,6 +194,14 @@ def format_budget(rows: list[BudgetRow]) -> str:
                      f"{r.instances} |")
     lines.append("(milliseconds; encode, decode: client medians; transfer, queue, server compute: means over the "
                  "timed requests, from Triton's statistics)")
+    lines += ["", "Per step, means: the step in Triton (its queue + compute, Triton's statistics; a Python-backend "
+              "step's time includes moving tensors to and from its stub process) against the same stage in process "
+              "(png's pre-processing step also decodes the PNG).",
+              "| frame | input | step | in Triton ms | in process ms | difference ms |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage, st in r.steps.items():
+            lines.append(f"| {r.frame} | {r.input} | {stage} (`{st['model']}`) | {st['server_ms']:.1f} | "
+                         f"{st['in_process_ms']:.1f} | {st['server_ms'] - st['in_process_ms']:+.1f} |")
     return "\n".join(lines)
 
 

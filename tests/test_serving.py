@@ -528,6 +528,10 @@ def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
     for r in rows:
         assert r["server_compute_ms"] > 0 and r["queue_ms"] >= 0 and r["in_process_p50_ms"] > 0
         assert r["ratio"] == pytest.approx(r["p50_ms"] / r["in_process_p50_ms"])
+        assert [s["model"] for s in r["steps"].values()] == [
+            "boxinst_preprocess" if r["input"] == "png" else "boxinst_preprocess_raw", "boxinst_net",
+            "boxinst_postprocess"]
+        assert all(s["server_ms"] > 0 and s["in_process_ms"] > 0 for s in r["steps"].values())
     assert not [n for n in registered_regions(served["client"]._client) if n.startswith("boxinst_")]
 
 
