@@ -105,8 +105,12 @@ def clean_stale(client: Any | None = None, shm_dir: Path = SHM_DIR, timeout_s: f
     if client is not None:
         for name in registered_regions(client, timeout_s):
             if is_stale(name):
-                client.unregister_system_shared_memory(name, client_timeout=timeout_s)
-                unregistered.append(name)
+                try:
+                    client.unregister_system_shared_memory(name, client_timeout=timeout_s)
+                    unregistered.append(name)
+                except Exception:  # noqa: BLE001 - another client starting now may have removed it first
+                    if name in registered_regions(client, timeout_s):
+                        raise
     return {"unlinked": unlinked, "unregistered": unregistered}
 
 

@@ -86,3 +86,30 @@ def test_fixed_output_layout_is_aligned_and_disjoint():
     assert layout["boxes"][1] == 100 * 4 * 4 and layout["scores"][1] == 400
     for (o1, s1), (o2, _) in zip(spans, spans[1:]):
         assert o1 % ALIGN == 0 and o1 + s1 <= o2
+
+
+class _FakeServer:
+    """The two shared-memory calls of tritonclient's gRPC client that clean_stale uses."""
+
+    def __init__(self, names, raced=()):
+        self.names, self.raced = set(names), set(raced)
+
+    def get_system_shared_memory_status(self, as_json=False, client_timeout=None):
+        return {"regions": {n: {"name": n} for n in self.names}}
+
+    def unregister_system_shared_memory(self, name="", client_timeout=None):
+        self.names.discard(name)
+        if name in self.raced:  # another client unregistered it just before us
+            raise RuntimeError(f"Unable to find system shared memory region: '{name}'")
+
+
+def test_clean_stale_unregisters_dead_owners_regions_and_tolerates_a_race(tmp_path):
+    dead = _dead_pid()
+    if process_start_ticks(dead) is not None:
+        pytest.skip("the dead pid was reused")
+    mine, gone, raced = (f"boxinst_{owner_tag()}_0_0_input_0", f"boxinst_{dead}_1_0_0_input_0",
+                         f"boxinst_{dead}_1_0_0_output_0")
+    server = _FakeServer([mine, gone, raced, "someone_else"], raced=[raced])
+    report = clean_stale(server, shm_dir=tmp_path)
+    assert report["unregistered"] == [gone]
+    assert server.names == {mine, "someone_else"}
