@@ -77,7 +77,7 @@ def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, war
 
 
 def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, warmup: int = 3,
-                       threads: int = 0) -> dict:
+                       threads: int = 0, spinning: bool = True) -> dict:
     """The server's work without the server: decode, letterbox, ONNX Runtime, paste + RLE."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
     from boxinst_serve.postprocess import instances_for
@@ -85,7 +85,8 @@ def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, war
     from boxinst_serve.serving import ServingConfig, letterbox
 
     serving = ServingConfig.load(repository)
-    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads)
+    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads,
+                               spinning=spinning)
     cfg = serving.model
     times, dets = [], 0
     for i in range(warmup + iters):

@@ -337,8 +337,50 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """'640x480,1280x720' (WIDTHxHEIGHT, as cameras say it) -> ((480, 640), (720, 1280)) as (h, w)."""
+    sizes = []
+    for item in (t for t in text.split(",") if t):
+        w, h = _size(item)
+        sizes.append((h, w))
+    return tuple(sizes)
+
+
+def cmd_bench_frames(args: argparse.Namespace) -> int:
+    """Camera frames through a running server by input path: latency and where it goes, against the
+    in-process latency of the same work in the same run (boxinst_serve.bench_frames)."""
+    from boxinst_serve.bench import machine_description
+    from boxinst_serve.bench_frames import (INPUTS, format_budget, frame_of, in_process_runner, measure_budget,
+                                            served_engine_settings)
+
+    modes = [m for m in args.input.split(",") if m]
+    bad = [m for m in modes if m not in INPUTS]
+    if bad or not modes:
+        raise ValueError(f"--input takes one or more of {', '.join(INPUTS)} (comma-separated), got {args.input!r}")
+    settings = served_engine_settings(args.url)  # the in-process run uses the served engine's settings
+    in_process = in_process_runner(args.repository, threads=args.threads or settings["threads"],
+                                   spinning=settings["spinning"])
+    rows = []
+    for hw in args.frames:
+        frame = frame_of(hw, args.image)
+        for mode in modes:
+            rows.append(measure_budget(args.url, frame, mode, in_process, iters=args.iters, warmup=args.warmup))
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "url": args.url, "engine": settings,
+                          "rows": [r.to_dict() for r in rows]}))
+    else:
+        print(f"machine: {machine_description()}; server {args.url}; repository {args.repository}; "
+              f"{args.iters} requests per row at concurrency 1, alternating with in-process runs "
+              f"(ONNX Runtime threads {args.threads or settings['threads'] or 'default'}, "
+              f"spinning {'on' if settings['spinning'] else 'off'}, as served)")
+        print(format_budget(rows))
+    return 0
+
+
 def cmd_bench_server(args: argparse.Namespace) -> int:
     """Load on a running server per concurrency, against the in-process latency of the same work."""
+    if args.input:
+        return cmd_bench_frames(args)
     from pathlib import Path
 
     import numpy as np
@@ -359,7 +401,11 @@ def cmd_bench_server(args: argparse.Namespace) -> int:
         if not c.is_ready():
             raise RuntimeError(f"no ready boxinst model at {args.url} (start it with `boxinst serve`)")
         c.segment(data)
-    in_process = measure_in_process(args.repository, data, iters=args.iters, threads=args.threads)
+    from boxinst_serve.bench_frames import served_engine_settings
+
+    settings = served_engine_settings(args.url)  # the in-process baseline runs ONNX Runtime as served
+    in_process = measure_in_process(args.repository, data, iters=args.iters,
+                                    threads=args.threads or settings["threads"], spinning=settings["spinning"])
     reports = [measure_load(args.url, data, k, args.duration) for k in args.concurrency]
     if args.json:
         print(json.dumps({"machine": machine_description(), "url": args.url, "in_process": in_process,
@@ -700,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository", default="model_repository",
                    help="--url: the served repository (its ONNX model gives the in-process baseline)")
     s.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8), help="--url: clients, e.g. 1,2,4,8")
+    s.add_argument("--input", default=None,
+                   help="--url: camera frames by input path instead of load: png, raw, shm or several "
+                        "(comma-separated); latency split into encode, transfer, queue, server compute, decode")
+    s.add_argument("--frames", type=_frame_sizes, default=((480, 640), (720, 1280)),
+                   help="--input: frame sizes as WIDTHxHEIGHT, comma-separated (default 640x480,1280x720); "
+                        "--image resized to each, else random pixels")
     s.add_argument("--video", default=None,
                    help="video throughput on this clip: plain one-frame loop vs `boxinst video` at --batch-sizes "
                         "(model from --checkpoint: .pt, .onnx or .plan)")

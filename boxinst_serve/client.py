@@ -6,24 +6,35 @@ ensemble (DESIGN.md, "Client and results").
         inst = client.segment("frame.jpg")          # path, encoded bytes or RGB uint8 [H, W, 3]
         for g in inst.geometry(): print(g["centroid"], g["angle_deg"])
 
-Light: needs numpy and tritonclient[grpc] (pycocotools to decode masks, OpenCV only to send numpy
-images or compute geometry); never torch. Every server-side failure raises `BoxInstError` with
-the server's message; a request that takes longer than `timeout_s` raises `BoxInstTimeout`."""
+Numpy frames go to the `boxinst_raw` ensemble as they are (uint8 [1, H, W, 3], no PNG encode or
+server-side decode); `arrays="png"` sends them PNG-encoded to `boxinst` instead. With
+`shared_memory=True` (client and server on the same host) frames and the fixed-size outputs
+travel through system shared memory (boxinst_serve.shm) instead of the gRPC message.
+
+Light: needs numpy and tritonclient[grpc] (pycocotools to decode masks, OpenCV only to PNG-encode
+numpy images or compute 2-D geometry); never torch. Every server-side failure raises
+`BoxInstError` with the server's message; a request that takes longer than `timeout_s` raises
+`BoxInstTimeout`."""
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
 
+from boxinst_serve.frames import RAW_MODEL, check_frame
 from boxinst_serve.results import Instances
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
 OUTPUTS = ("num_instances", "boxes", "scores", "classes", "masks_rle", "image_size")
 NET_MODEL = "boxinst_net"  # where the class names live (config parameter written by export)
+MAX_MESSAGE_BYTES = 64 << 20  # gRPC message limit set on the client's channel, both directions
+ARRAY_MODES = ("raw", "png")
 
 
 class BoxInstError(RuntimeError):
@@ -66,28 +77,57 @@ def _wrap(e: Exception) -> BoxInstError:
     return BoxInstError(text)
 
 
-def _request(grpcclient, data: bytes, mask_format: str):
+def _check_mask_format(mask_format: str) -> None:
     if mask_format not in ("rle", "bitmap"):
         raise ValueError(f"mask_format must be 'rle' or 'bitmap', got {mask_format!r}")
-    image = grpcclient.InferInput("image", [1, 1], "BYTES")
-    image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+
+
+def _mask_format_input(grpcclient, mask_format: str):
     fmt = grpcclient.InferInput("mask_format", [1, 1], "BYTES")
     fmt.set_data_from_numpy(np.array([[mask_format.encode()]], dtype=np.object_))
+    return fmt
+
+
+def _request(grpcclient, data: bytes, mask_format: str):
+    """Encoded image bytes -> (inputs, requested outputs) for the `boxinst` ensemble."""
+    _check_mask_format(mask_format)
+    image = grpcclient.InferInput("image", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
     names = OUTPUTS + (("masks",) if mask_format == "bitmap" else ())
-    return [image, fmt], [grpcclient.InferRequestedOutput(n) for n in names]
+    return [image, _mask_format_input(grpcclient, mask_format)], [grpcclient.InferRequestedOutput(n) for n in names]
 
 
-def _instances(result, class_names: list[str], mask_format: str) -> Instances:
-    n = int(result.as_numpy("num_instances").reshape(-1)[0])
-    h, w = (int(v) for v in result.as_numpy("image_size").reshape(-1)[:2])
-    counts = result.as_numpy("masks_rle").reshape(-1)[:n]
+def _raw_request(grpcclient, frame: np.ndarray, mask_format: str):
+    """RGB uint8 [H, W, 3] (checked) -> (inputs, requested outputs) for the `boxinst_raw` ensemble."""
+    _check_mask_format(mask_format)
+    if frame.nbytes > MAX_MESSAGE_BYTES - (1 << 20):
+        raise ValueError(f"image: a {frame.shape[1]}x{frame.shape[0]} frame is {frame.nbytes / 2**20:.0f} MiB, over "
+                         f"the {MAX_MESSAGE_BYTES >> 20} MiB gRPC message limit: use shared_memory=True (same "
+                         "host) or send it encoded (arrays='png')")
+    image = grpcclient.InferInput("image", [1, *frame.shape], "UINT8")
+    image.set_data_from_numpy(frame[None])
+    names = OUTPUTS + (("masks",) if mask_format == "bitmap" else ())
+    return [image, _mask_format_input(grpcclient, mask_format)], [grpcclient.InferRequestedOutput(n) for n in names]
+
+
+def _instances(result, class_names: list[str], mask_format: str, arrays: dict | None = None) -> Instances:
+    """An InferResult (and, for outputs that came through shared memory, `arrays` by name) ->
+    Instances."""
+    arrays = arrays or {}
+
+    def get(name: str) -> np.ndarray:
+        return arrays[name] if name in arrays else result.as_numpy(name)
+
+    n = int(get("num_instances").reshape(-1)[0])
+    h, w = (int(v) for v in get("image_size").reshape(-1)[:2])
+    counts = get("masks_rle").reshape(-1)[:n]
     rle = [{"size": [h, w], "counts": c.decode("ascii") if isinstance(c, bytes) else str(c)} for c in counts]
-    inst = Instances(boxes=result.as_numpy("boxes").reshape(-1, 4)[:n].astype(np.float32),
-                     scores=result.as_numpy("scores").reshape(-1)[:n].astype(np.float32),
-                     classes=result.as_numpy("classes").reshape(-1)[:n].astype(np.int64),
+    inst = Instances(boxes=get("boxes").reshape(-1, 4)[:n].astype(np.float32),
+                     scores=get("scores").reshape(-1)[:n].astype(np.float32),
+                     classes=get("classes").reshape(-1)[:n].astype(np.int64),
                      rle=rle, image_size=(h, w), class_names=list(class_names))
     if mask_format == "bitmap":
-        inst._masks = result.as_numpy("masks").reshape(-1, h, w)[:n].astype(bool)
+        inst._masks = get("masks").reshape(-1, h, w)[:n].astype(bool)
     return inst
 
 
@@ -102,29 +142,94 @@ def _class_names(config: Any) -> list[str]:
         return []
 
 
+def _max_detections(config: Any) -> int:
+    """K of boxinst_net's padded outputs: the first dimension of its `boxes` output."""
+    cfg = config.get("config", config) if isinstance(config, dict) else {}
+    for out in cfg.get("output", []):
+        if out.get("name") == "boxes":
+            dims = [int(d) for d in out.get("dims", [])]
+            if dims and dims[0] > 0:
+                return dims[0]
+    raise BoxInstError("boxinst_net's config gives no fixed number of detections (output 'boxes' dims [K, 4]): "
+                       "cannot size the shared-memory outputs; export the model again or use shared_memory=False")
+
+
 class BoxInstClient:
-    """Blocking client. `segment_batch` sends its images concurrently (Triton batches them)."""
+    """Blocking client. `segment_batch` sends its images concurrently (Triton batches them).
+
+    arrays: how numpy frames travel: "raw" (default; uint8 as is, to `raw_model`) or "png"
+    (encoded, to `model`). shared_memory: frames in and fixed-size outputs out through system
+    shared memory (the server must run on this host); regions are registered once per request
+    slot and reused, and unregistered and unlinked by close() (or, if this process is killed, by
+    the next client that opens shared memory). Paths and encoded bytes always go to `model` in
+    the gRPC message."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
-                 max_workers: int = 8):
+                 max_workers: int = 8, raw_model: str = RAW_MODEL, arrays: str = "raw",
+                 shared_memory: bool = False):
         import tritonclient.grpc as grpcclient
 
+        if arrays not in ARRAY_MODES:
+            raise ValueError(f"arrays must be one of {ARRAY_MODES}, got {arrays!r}")
+        if shared_memory and arrays != "raw":
+            raise ValueError("shared_memory=True sends raw frames: use arrays='raw'")
         self._grpc = grpcclient
-        self.url, self.model, self.timeout_s = url, model, timeout_s
+        self.url, self.model, self.raw_model, self.timeout_s = url, model, raw_model, timeout_s
+        self.arrays = arrays
         # 64 MiB messages: bitmap masks of large images do not fit gRPC's 4 MiB default.
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         self._client = grpcclient.InferenceServerClient(url, channel_args=opts)
         self._pool = ThreadPoolExecutor(max_workers=max_workers)
         self._class_names: list[str] | None = None
+        self._net_config: dict | None = None
+        self._local = threading.local()
+        self._shm = None
+        self._finalizer = None
+        if shared_memory:
+            self._open_shared_memory()
+
+    def _config(self) -> dict:
+        if self._net_config is None:
+            try:
+                self._net_config = self._client.get_model_config(NET_MODEL, as_json=True, client_timeout=self.timeout_s)
+            except Exception as e:  # noqa: BLE001
+                raise _wrap(e) from e
+        return self._net_config
+
+    def _open_shared_memory(self) -> None:
+        from boxinst_serve import shm
+
+        try:
+            shm.clean_stale(self._client, timeout_s=self.timeout_s)
+        except Exception as e:  # noqa: BLE001
+            self._client.close()
+            raise _wrap(e) from e
+        self._shm = shm.ShmPool(self._client, _max_detections(self._config()), self.timeout_s)
+        self._finalizer = shm.make_finalizer(self, self._shm)
+        try:  # register the first slot now: a server on another host fails here, not mid-stream
+            self._shm.release(self._shm.acquire())
+        except Exception as e:  # noqa: BLE001
+            self.close()
+            raise BoxInstError(f"could not register shared memory with the server at {self.url} (it must run on "
+                               f"this host and see this /dev/shm): {_wrap(e)}") from e
+
+    @property
+    def shared_memory_regions(self) -> list[str]:
+        """Names of the regions this client has registered (empty without shared memory)."""
+        return self._shm.names() if self._shm is not None else []
+
+    @property
+    def last_timing(self) -> dict[str, float]:
+        """Seconds spent in the calling thread's last segment(): encode_s (PNG encoding, or copying
+        the frame into the request / shared memory), infer_s (the gRPC call: transfer, queueing
+        and the server's work), decode_s (response to Instances)."""
+        return dict(getattr(self._local, "timing", {}))
 
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
-            try:
-                cfg = self._client.get_model_config(NET_MODEL, as_json=True, client_timeout=self.timeout_s)
-            except Exception as e:  # noqa: BLE001
-                raise _wrap(e) from e
-            self._class_names = _class_names(cfg)
+            self._class_names = _class_names(self._config())
         return self._class_names
 
     def is_ready(self) -> bool:
@@ -134,15 +239,72 @@ class BoxInstClient:
         except Exception:  # noqa: BLE001 - a dead server is simply not ready
             return False
 
-    def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
-        """One image -> Instances at its original resolution (masks decoded lazily from RLE)."""
-        inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
-        names = self.class_names
+    def _infer(self, model: str, inputs: list, outputs: list):
         try:
-            result = self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
-            raise _wrap(e) from e
-        return _instances(result, names, mask_format)
+            err = _wrap(e)
+            if model == self.raw_model and "unknown model" in str(err):
+                raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames (copied "
+                                   "before it existed?): copy model_repository/ again, or use arrays='png'") from e
+            raise err from e
+
+    def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
+        """One image -> Instances at its original resolution (masks decoded lazily from RLE).
+        A numpy frame must be RGB uint8 [H, W, 3] (see `arrays` and `shared_memory`)."""
+        names = self.class_names
+        t0 = time.perf_counter()
+        if isinstance(image, np.ndarray) and self.arrays == "raw":
+            frame = check_frame(image)
+            if self._shm is not None:
+                return self._segment_shm(frame, mask_format, names, t0)
+            inputs, outputs = _raw_request(self._grpc, frame, mask_format)
+            model = self.raw_model
+        else:
+            inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
+            model = self.model
+        t1 = time.perf_counter()
+        result = self._infer(model, inputs, outputs)
+        t2 = time.perf_counter()
+        inst = _instances(result, names, mask_format)
+        self._local.timing = {"encode_s": t1 - t0, "infer_s": t2 - t1, "decode_s": time.perf_counter() - t2}
+        return inst
+
+    def _segment_shm(self, frame: np.ndarray, mask_format: str, names: list[str], t0: float) -> Instances:
+        """The frame into the slot's input region, fixed-size outputs (and bitmaps) into its
+        output regions, masks_rle in the gRPC response."""
+        _check_mask_format(mask_format)
+        g = self._grpc
+        with self._shm.slot() as slot:
+            region = slot.input_region(frame.nbytes)
+            region.write(frame[None])
+            image = g.InferInput("image", [1, *frame.shape], "UINT8").set_shared_memory(region.name, frame.nbytes)
+            outputs = []
+            out_region = slot.regions["output"]
+            for name, (offset, size) in slot.layout.items():
+                o = g.InferRequestedOutput(name)
+                o.set_shared_memory(out_region.name, size, offset=offset)
+                outputs.append(o)
+            outputs.append(g.InferRequestedOutput("masks_rle"))
+            masks_region = None
+            if mask_format == "bitmap":
+                masks_region = slot.masks_region(self._shm.max_detections * frame.shape[0] * frame.shape[1])
+                o = g.InferRequestedOutput("masks")
+                o.set_shared_memory(masks_region.name, masks_region.byte_size)
+                outputs.append(o)
+            t1 = time.perf_counter()
+            result = self._infer(self.raw_model, [image, _mask_format_input(g, mask_format)], outputs)
+            t2 = time.perf_counter()
+            arrays = {}
+            dtypes = {"num_instances": np.int32, "image_size": np.int32, "boxes": np.float32, "scores": np.float32,
+                      "classes": np.int32}
+            for name, (offset, _) in slot.layout.items():
+                arrays[name] = out_region.read(dtypes[name], list(result.get_output(name).shape), offset)
+            if masks_region is not None:
+                arrays["masks"] = masks_region.read(np.uint8, list(result.get_output("masks").shape))
+        inst = _instances(result, names, mask_format, arrays)
+        self._local.timing = {"encode_s": t1 - t0, "infer_s": t2 - t1, "decode_s": time.perf_counter() - t2}
+        return inst
 
     def segment_batch(self, images: Sequence[ImageInput], mask_format: str = "rle") -> list[Instances]:
         """Several images, sent concurrently; results in input order. The first failure raises."""
@@ -150,7 +312,10 @@ class BoxInstClient:
         return [f.result() for f in futures]
 
     def close(self) -> None:
+        """Unregisters and unlinks the shared memory (if any), closes the channel."""
         self._pool.shutdown(wait=False)
+        if self._finalizer is not None:
+            self._finalizer()  # ShmPool.close, once
         self._client.close()
 
     def __enter__(self) -> "BoxInstClient":
@@ -163,13 +328,17 @@ class BoxInstClient:
 class AsyncBoxInstClient:
     """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0):
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
+                 raw_model: str = RAW_MODEL, arrays: str = "raw"):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
+        if arrays not in ARRAY_MODES:
+            raise ValueError(f"arrays must be one of {ARRAY_MODES}, got {arrays!r}")
         self._grpc = grpcclient
-        self.url, self.model, self.timeout_s = url, model, timeout_s
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self.url, self.model, self.raw_model, self.timeout_s, self.arrays = url, model, raw_model, timeout_s, arrays
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         self._client = aioclient.InferenceServerClient(url, channel_args=opts)
         self._class_names: list[str] | None = None
 
@@ -183,10 +352,15 @@ class AsyncBoxInstClient:
         return self._class_names
 
     async def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
-        inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
+        if isinstance(image, np.ndarray) and self.arrays == "raw":
+            inputs, outputs = _raw_request(self._grpc, check_frame(image), mask_format)
+            model = self.raw_model
+        else:
+            inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
+            model = self.model
         names = await self.class_names()
         try:
-            result = await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            result = await self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001
             raise _wrap(e) from e
         return _instances(result, names, mask_format)

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from boxinst_serve.geometry3d import IntrinsicsLike, masks_geometry_3d
+
 
 def _mask_utils():
     from pycocotools import mask as mask_utils  # imported lazily: light clients may lack it
@@ -80,10 +82,17 @@ class Instances:
                         "segmentation": self.rle[i]})
         return out
 
-    def geometry(self) -> list[dict[str, Any]]:
+    def geometry(self, depth: np.ndarray | None = None, intrinsics: IntrinsicsLike | None = None,
+                 depth_scale: float = 1.0) -> list[dict[str, Any]]:
         """Per-instance grasp geometry from the mask: area (px), centroid (x, y), principal-axis
         angle (degrees, from image moments, in (-90, 90]), oriented min-area rectangle (centre,
-        size, angle as OpenCV gives it), and outer contour polygons."""
+        size, angle as OpenCV gives it), and outer contour polygons.
+
+        With an aligned depth image [H, W] (metres, or other units with `depth_scale` metres per
+        unit, e.g. 0.001 for uint16 millimetres) and pinhole `intrinsics` (fx, fy, cx, cy), each
+        dict also holds "3d": the 3-D centroid, principal axes, extents, a grasp point and
+        approach direction in the camera frame, and the count of valid-depth pixels
+        (boxinst_serve.geometry3d; depth 0 or NaN is ignored)."""
         import cv2
 
         result = []
@@ -103,4 +112,21 @@ class Instances:
             result.append({"area": area, "centroid": [cx, cy], "angle_deg": angle,
                            "oriented_box": {"center": [rx, ry], "size": [rw, rh], "angle_deg": ra},
                            "contours": [c.reshape(-1, 2).tolist() for c in contours]})
+        if depth is not None or intrinsics is not None:
+            for g, g3 in zip(result, self.geometry_3d(depth, intrinsics, depth_scale)):
+                g["3d"] = g3
         return result
+
+    def geometry_3d(self, depth: np.ndarray, intrinsics: IntrinsicsLike, depth_scale: float = 1.0
+                    ) -> list[dict[str, Any]]:
+        """Only the 3-D part of geometry() (numpy only, no OpenCV): one dict per instance with
+        valid_px, centroid_m, axes, extent_m, approach, closing_axis, grasp_width_m and
+        grasp_point_m, in the camera frame (x right, y down, z forward; metres)."""
+        if depth is None or intrinsics is None:
+            raise ValueError("3-D geometry needs both depth (aligned to the image) and intrinsics (fx, fy, cx, cy)")
+        d = np.asarray(depth)
+        if d.shape[:2] != tuple(self.image_size):
+            raise ValueError(f"depth is {d.shape[1] if d.ndim > 1 else '?'}x{d.shape[0]} px but the instances are "
+                             f"for a {self.image_size[1]}x{self.image_size[0]} px image: align the depth image to "
+                             "the colour frame")
+        return masks_geometry_3d(self.masks, d, intrinsics, depth_scale)

@@ -21,6 +21,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MODELS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess", "boxinst")
+# The raw-frame ensemble: waited for where the repository has it (copies of model_repository/
+# made before it existed do not).
+OPTIONAL_MODELS = ("boxinst_preprocess_raw", "boxinst_raw")
 
 
 class ServerError(RuntimeError):
@@ -132,6 +135,10 @@ class TritonServer:
             raise
         return self
 
+    def served_models(self) -> tuple[str, ...]:
+        repo = Path(self.repository)
+        return MODELS + tuple(m for m in OPTIONAL_MODELS if (repo / m / "config.pbtxt").is_file())
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
@@ -142,6 +149,7 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
+        models = self.served_models()
         client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
             while time.monotonic() < deadline:
@@ -149,7 +157,7 @@ class TritonServer:
                     raise ServerError(f"tritonserver exited with code {self.process.returncode}:\n{self.log_tail()}")
                 try:
                     if client.is_server_ready(client_timeout=2) and all(
-                            client.is_model_ready(m, client_timeout=2) for m in MODELS):
+                            client.is_model_ready(m, client_timeout=2) for m in models):
                         return
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass

@@ -103,7 +103,7 @@ def engine_batch_predictor(engine) -> BatchPredictor:
 
 
 def client_batch_predictor(client) -> BatchPredictor:
-    """The batch's frames sent concurrently (BoxInstClient.segment_batch; PNG, lossless)."""
+    """The batch's frames sent concurrently (BoxInstClient.segment_batch; raw uint8 frames)."""
 
     def predict(frames: list[np.ndarray]) -> list[Instances]:
         return client.segment_batch(frames)

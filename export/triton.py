@@ -24,10 +24,16 @@ from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
 log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
 CPU_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_onnxruntime_cpu.py"
+# How long the dynamic batcher holds a request for others to join its batch. On a GPU a batch of 8
+# costs little more than one, so 1 ms of waiting pays under load. On the CPU a batch costs its
+# size in time (docs/benchmarks.md, video), so waiting only adds latency: requests that arrive
+# while the network runs are batched anyway.
+BATCH_DELAY_US = {"cpu": 0, "onnxruntime": 1000, "tensorrt": 1000}
 
 
 def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
-               trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0) -> str:
+               trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0,
+               intra_op_spinning: bool = False) -> str:
     """config.pbtxt text of boxinst_net for a flavour (inputs/outputs as the network contract)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -41,7 +47,7 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
         f'name: "{NET_MODEL}"',
         head,
         f"max_batch_size: {max_batch_size}",
-        "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {BATCH_DELAY_US[flavour]} }}",
         "input [",
         f'  {{ name: "{INPUT_NAME}", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ] }}',
         "]",
@@ -55,7 +61,10 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
         f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
         "parameters [",
         f'  {{ key: "class_names", value: {{ string_value: {json.dumps(json.dumps(cfg.class_names))} }} }},',
-        f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }}',
+        f'  {{ key: "intra_op_threads", value: {{ string_value: "{intra_op_threads}" }} }},',
+        # cpu flavour: ONNX Runtime's idle threads busy-wait by default, which takes the cores from
+        # the post-processing step and Triton's threads just when they run (docs/benchmarks.md).
+        f'  {{ key: "intra_op_spinning", value: {{ string_value: "{int(intra_op_spinning)}" }} }}',
         "]",
     ]
     if flavour == "onnxruntime" and trt_accelerator:

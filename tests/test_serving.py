@@ -7,6 +7,7 @@ model_config proto and match the ONNX graph."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -29,8 +30,10 @@ from boxinst_serve.postprocess import to_instances  # noqa: E402
 from boxinst_serve.preprocess import decode_image  # noqa: E402
 from boxinst_serve.server import free_port  # noqa: E402
 from boxinst_serve.serving import ServingConfig, letterbox  # noqa: E402
+from boxinst_serve.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+RAW_MAX_PIXELS = 2_000_000
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,9 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
     repo = root / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_net*"))
     write_triton_net(trained_lite, repo, flavour="cpu")
+    # A 2 MP frame limit for raw frames, so that the over-the-limit test sends 2 MP, not 50.
+    raw_cfg = repo / "boxinst_preprocess_raw" / "config.pbtxt"
+    raw_cfg.write_text(raw_cfg.read_text().replace('string_value: "0"', f'string_value: "{RAW_MAX_PIXELS}"'))
     ports = [free_port() for _ in range(3)]
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
@@ -61,6 +67,13 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
     images = sorted(Path(tiny_shapes["images"]).glob("*.png"))
     yield {"url": url, "client": client, "repo": repo, "serving": serving, "engine": engine, "images": images,
            "proc": proc, "log": log}
+    # Every test's shared memory is unregistered and unlinked (checked after the server is stopped,
+    # so that a failure here never leaves the server running).
+    try:
+        left = [r for r in registered_regions(client._client) if r.startswith("boxinst_")]
+    except Exception as e:  # noqa: BLE001 - reported below, after the server is stopped
+        left = [f"(shared-memory status failed: {e})"]
+    files = own_shm_files()
     client.close()
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -71,6 +84,7 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
             raise
         assert code == 0, log.read_text()
     assert "stopping" in log.read_text()
+    assert not left and not files, (left, files)
 
 
 def reference(served, data: bytes):
@@ -115,7 +129,7 @@ def test_grpc_results_equal_in_process_onnxruntime(served, ext, mask_format):
 def test_path_and_numpy_inputs_and_class_names(served):
     path = served["images"][0]
     by_path = served["client"].segment(path)
-    by_array = served["client"].segment(decode_image(path.read_bytes()))  # sent as PNG: lossless
+    by_array = served["client"].segment(decode_image(path.read_bytes()))  # sent raw: lossless
     assert_same(by_array, by_path)
     assert by_path.class_names == served["serving"].model.class_names
     geometry = by_path.geometry()
@@ -324,3 +338,212 @@ def test_export_records_the_serving_size_in_the_repository(trained_lite, tmp_pat
     assert (serving.model.min_size_test, serving.model.max_size_test) == (256, 320)
     assert serving.canvas == (256, 320)
     assert (repo / "boxinst_net" / "1" / "model.py").is_file() and not list(repo.glob(".boxinst_net*"))
+
+
+# --- Raw frames and shared memory (the `boxinst_raw` ensemble) ---------------------------------
+
+def own_shm_files() -> list[str]:
+    """This process's boxinst files in /dev/shm, and those of dead processes."""
+    return sorted(p.name for p in SHM_DIR.iterdir()
+                  if p.name.startswith(f"boxinst_{owner_tag()}_") or is_stale(p.name))
+
+
+def _frames(served) -> list[np.ndarray]:
+    """Shapes images, a portrait crop of odd size and a non-contiguous (mirrored) view."""
+    frames = [decode_image(p.read_bytes()) for p in served["images"][:3]]
+    frames.append(np.ascontiguousarray(frames[0][:, :77].transpose(1, 0, 2)[:, :100]))
+    frames.append(frames[1][:, ::-1])
+    return frames
+
+
+@pytest.mark.parametrize("mask_format", ["rle", "bitmap"])
+def test_raw_and_shared_memory_results_equal_the_png_path(served, mask_format):
+    with BoxInstClient(served["url"], arrays="png") as png, BoxInstClient(served["url"], shared_memory=True) as shm:
+        for frame in _frames(served):
+            want = png.segment(frame, mask_format=mask_format)
+            assert_same(want, reference(served, encode(frame, ".png")))
+            raw = served["client"].segment(frame, mask_format=mask_format)
+            via_shm = shm.segment(frame, mask_format=mask_format)
+            assert png.last_timing["encode_s"] > 0 and shm.last_timing["infer_s"] > 0
+            for got in (raw, via_shm):
+                assert_same(got, want)
+                assert [r["counts"] for r in got.rle] == [r["counts"] for r in want.rle]
+                if mask_format == "bitmap":
+                    assert got._masks is not None and (got._masks == want.masks).all()
+
+
+def test_bad_raw_frames_are_refused_and_the_server_keeps_serving(served):
+    client, url = served["client"], served["url"]
+    good = decode_image(served["images"][0].read_bytes())
+    expected = len(client.segment(good))
+    server_side = {  # straight through tritonclient: what the server itself answers
+        "float32": (good.astype(np.float32)[None], "data-type is 'FP32', but model 'boxinst_raw' expects 'UINT8'"),
+        "4 channels": (np.zeros((1, 50, 60, 4), np.uint8), r"Expected \[-1,-1,-1,3\], got \[1,50,60,4\]"),
+        "no channel axis": (np.zeros((1, 50, 60), np.uint8), r"Expected \[-1,-1,-1,3\], got \[1,50,60\]"),
+        "empty": (np.zeros((1, 0, 60, 3), np.uint8), r"empty frame \(60x0 px\)"),
+        "two frames": (np.zeros((2, 50, 60, 3), np.uint8), "one frame per request, got a batch of 2"),
+        "over the limit": (np.zeros((1, 1500, 1400, 3), np.uint8), r"frame is 1400x1500 px, over the 2 MP limit"),
+    }
+    c = grpcclient.InferenceServerClient(url)
+    try:
+        for name, (array, message) in server_side.items():
+            inp = grpcclient.InferInput("image", list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
+            inp.set_data_from_numpy(array)
+            with pytest.raises(Exception, match=message):
+                c.infer("boxinst_raw", [inp], client_timeout=30)
+            assert len(client.segment(good)) == expected, f"server broken after {name}"
+    finally:
+        c.close()
+    client_side = {  # refused before sending, with the same words
+        "float32": (good.astype(np.float32), "must be RGB uint8 .* got dtype float32"),
+        "RGBA": (np.zeros((50, 60, 4), np.uint8), "must have 3 channels .* got 4"),
+        "gray": (np.zeros((50, 60), np.uint8), "got 2 dimensions"),
+        "empty": (np.zeros((0, 60, 3), np.uint8), "empty frame"),
+        "over gRPC's message limit": (np.zeros((4800, 4800, 3), np.uint8), "over the 64 MiB gRPC message limit"),
+    }
+    for name, (array, message) in client_side.items():
+        with pytest.raises(ValueError, match=message):
+            client.segment(array)
+    with BoxInstClient(url, shared_memory=True) as shm:
+        with pytest.raises(BoxInstError, match="over the 2 MP limit"):
+            shm.segment(np.zeros((1500, 1400, 3), np.uint8))
+        assert len(shm.segment(good)) == expected  # the same slot serves the next frame
+    assert len(client.segment(good)) == expected
+
+
+def test_shared_memory_regions_are_reused_grown_and_removed_on_close(served):
+    status = grpcclient.InferenceServerClient(served["url"])
+    frames = _frames(served)
+    with BoxInstClient(served["url"], shared_memory=True) as c:
+        c.segment(frames[0])
+        first = c.shared_memory_regions
+        assert len(first) == 2 and set(first) <= set(registered_regions(status))  # input and output, registered
+        for _ in range(3):
+            c.segment(frames[1])  # same size: the same regions
+        assert c.shared_memory_regions == first
+        big = cv2.resize(frames[0], (256, 192))
+        c.segment(big)  # a larger frame: a new input region replaces the old one
+        grown = c.shared_memory_regions
+        assert len(grown) == 2 and grown != first and set(grown) <= set(registered_regions(status))
+        assert not set(first) - set(grown) & set(registered_regions(status))
+        # concurrent requests get a slot each: regions for two or more slots, results still right
+        batch = c.segment_batch([frames[0], frames[1], frames[2], frames[0]])
+        for got, frame in zip(batch, (frames[0], frames[1], frames[2], frames[0])):
+            assert_same(got, served["client"].segment(frame))
+        names = c.shared_memory_regions
+        assert all((SHM_DIR / n).exists() for n in names)
+    assert not set(names) & set(registered_regions(status))
+    assert not [n for n in names if (SHM_DIR / n).exists()]
+    status.close()
+
+
+def test_regions_of_a_killed_client_are_removed_by_the_next_client(served):
+    """SIGKILL to the client's whole process group (Python's resource tracker included, which
+    would otherwise unlink the files): files and registrations stay behind until the next client
+    with shared memory starts."""
+    code = ("import sys, time, numpy as np\n"
+            "from boxinst_serve.client import BoxInstClient\n"
+            "c = BoxInstClient(sys.argv[1], shared_memory=True)\n"
+            "c.segment(np.zeros((64, 80, 3), np.uint8))\n"
+            "print(' '.join(c.shared_memory_regions), flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, served["url"]], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        names = proc.stdout.readline().split()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    status = grpcclient.InferenceServerClient(served["url"])
+    assert len(names) == 2
+    assert set(names) <= set(registered_regions(status)) and all((SHM_DIR / n).exists() for n in names)
+    with BoxInstClient(served["url"], shared_memory=True) as c:
+        assert not set(names) & set(registered_regions(status))
+        assert not [n for n in names if (SHM_DIR / n).exists()]
+        assert len(c.segment(np.zeros((64, 80, 3), np.uint8)).scores) >= 0
+    assert not [r for r in registered_regions(status) if r.startswith("boxinst_")]
+    status.close()
+
+
+def test_a_server_without_the_raw_ensemble_gets_a_hint(served):
+    with BoxInstClient(served["url"], raw_model="boxinst_missing") as c:
+        with pytest.raises(BoxInstError, match="no 'boxinst_missing' ensemble for raw frames .* arrays='png'"):
+            c.segment(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_a_client_never_closed_cleans_up_at_interpreter_exit(served):
+    code = ("import sys, numpy as np\n"
+            "from boxinst_serve.client import BoxInstClient\n"
+            "c = BoxInstClient(sys.argv[1], shared_memory=True)\n"
+            "c.segment(np.zeros((64, 80, 3), np.uint8))\n"
+            "print(' '.join(c.shared_memory_regions), flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code, served["url"]], capture_output=True, text=True, cwd=ROOT,
+                         check=True)
+    names = out.stdout.split()
+    assert len(names) == 2 and "leaked" not in out.stderr  # unlinked by us, not by the resource tracker
+    status = grpcclient.InferenceServerClient(served["url"])
+    assert not set(names) & set(registered_regions(status))
+    assert not [n for n in names if (SHM_DIR / n).exists()]
+    status.close()
+
+
+def test_raw_ensemble_metadata_and_asyncio_raw_frames(served):
+    c = grpcclient.InferenceServerClient(served["url"])
+    meta = c.get_model_metadata("boxinst_raw", as_json=True)
+    c.close()
+    image = {i["name"]: i for i in meta["inputs"]}["image"]
+    assert image["datatype"] == "UINT8" and image["shape"] == ["-1", "-1", "-1", "3"]
+    frames = _frames(served)[:2]
+
+    async def run():
+        async with AsyncBoxInstClient(served["url"]) as a:
+            return await a.segment_batch(frames)
+
+    for got, frame in zip(asyncio.run(run()), frames):
+        assert_same(got, served["client"].segment(frame))
+
+
+def test_committed_raw_ensemble_chains_the_same_net_and_postprocess(served):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def parse(name):
+        text = (ROOT / "model_repository" / name / "config.pbtxt").read_text()
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+    raw, encoded, pre = parse("boxinst_raw"), parse("boxinst"), parse("boxinst_preprocess_raw")
+    steps = raw.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["boxinst_preprocess_raw", "boxinst_net", "boxinst_postprocess"]
+    assert set(steps[0].input_map) == {i.name for i in pre.input}
+    assert set(steps[0].output_map) == {o.name for o in pre.output}
+    assert list(steps[1:]) == list(encoded.ensemble_scheduling.step[1:])
+    assert list(raw.output) == list(encoded.output)
+
+
+def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
+    from boxinst_serve.cli import main
+
+    assert main(["bench", "--url", served["url"], "--repository", str(served["repo"]), "--input", "png,raw,shm",
+                 "--frames", "160x120", "--image", str(served["images"][0]), "--iters", "2", "--warmup", "1",
+                 "--json"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)["rows"]
+    assert [(r["input"], r["frame"], r["requests"]) for r in rows] == [("png", "160x120", 2), ("raw", "160x120", 2),
+                                                                      ("shm", "160x120", 2)]
+    assert len({r["instances"] for r in rows}) == 1
+    for r in rows:
+        assert r["server_compute_ms"] > 0 and r["queue_ms"] >= 0 and r["in_process_p50_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["p50_ms"] / r["in_process_p50_ms"])
+        assert [s["model"] for s in r["steps"].values()] == [
+            "boxinst_preprocess" if r["input"] == "png" else "boxinst_preprocess_raw", "boxinst_net",
+            "boxinst_postprocess"]
+        assert all(s["server_ms"] > 0 and s["in_process_ms"] > 0 for s in r["steps"].values())
+    assert not [n for n in registered_regions(served["client"]._client) if n.startswith("boxinst_")]
+
+
+def test_cpu_net_runs_onnx_runtime_without_spinning_threads(served):
+    from boxinst_serve.bench_frames import served_engine_settings
+    from export.triton import net_config
+
+    assert served_engine_settings(served["url"]) == {"threads": 0, "spinning": False}
+    assert 'key: "intra_op_spinning", value: { string_value: "1" }' in net_config(
+        served["serving"].model, "cpu", intra_op_spinning=True)

@@ -13,15 +13,20 @@ from boxinst_serve.engines import check_images
 class OnnxRuntimeEngine:
     """engine(images uint8 [B, H, W, 3]) -> dict of numpy arrays (network contract).
 
-    provider: "cpu" or "cuda"; threads: intra-op threads (0 = ONNX Runtime's default)."""
+    provider: "cpu" or "cuda"; threads: intra-op threads (0 = ONNX Runtime's default);
+    spinning: whether idle intra-op threads busy-wait for the next parallel section (ONNX
+    Runtime's default). Spinning threads keep burning a core after run() returns: off where other
+    processes need the cores right then (Triton's steps on a CPU server, docs/benchmarks.md)."""
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int = 0):
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int = 0, spinning: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = {"cpu": ["CPUExecutionProvider"],
                      "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}.get(provider)
         if providers is None:

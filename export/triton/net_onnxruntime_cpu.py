@@ -17,8 +17,9 @@ class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
         threads = int(params.get("intra_op_threads", {}).get("string_value", "0") or 0)
+        spinning = params.get("intra_op_spinning", {}).get("string_value", "1") not in ("0", "false")
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.engine = OnnxRuntimeEngine(path, provider="cpu", threads=threads)
+        self.engine = OnnxRuntimeEngine(path, provider="cpu", threads=threads, spinning=spinning)
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]

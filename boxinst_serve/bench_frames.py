@@ -1,0 +1,217 @@
+"""Camera frame to instances through a running server: where the milliseconds go
+(`boxinst bench --url URL --input png,raw,shm`).
+
+For each frame size and input path, at concurrency 1, requests alternate with the in-process
+run of the same work (letterbox, ONNX Runtime on the repository's model.onnx with the served
+model's thread settings, paste + RLE: what a robot holding the frame would do without a server),
+so that both see the same machine state.
+The client-side latency (frame in, Instances out) is split into:
+- encode: PNG encoding (png), building the request message (raw) or copying the frame into
+  shared memory (shm), measured by the client;
+- transfer: the gRPC call minus the ensemble's time in Triton: serialisation, the wire, gRPC
+  threads on both sides, setting up the request and sending the response;
+- queue: time the request waited in the steps' schedulers (Triton's statistics);
+- server compute: the ensemble's time minus that queueing: the steps' work, including moving
+  tensors to and from the Python-backend stub processes and from step to step;
+- decode: response to Instances, measured by the client.
+The server-side figures come from Triton's statistics (the gRPC inference-statistics API), which
+are cumulative sums: they are means over the timed requests (the difference of two snapshots),
+the client-side parts medians. Triton closes a request's statistics when it releases the request,
+a little after the response has left, so under heavy CPU contention `transfer` can come out
+slightly negative."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from boxinst_serve.client import BoxInstClient
+
+INPUTS = ("png", "raw", "shm")
+
+
+@dataclass
+class BudgetRow:
+    input: str
+    frame: str  # "WxH"
+    requests: int
+    instances: int
+    p50_ms: float
+    p95_ms: float
+    in_process_p50_ms: float
+    in_process_p95_ms: float
+    encode_ms: float
+    transfer_ms: float
+    queue_ms: float
+    server_compute_ms: float
+    decode_ms: float
+    # per step: {"server_ms": the step's mean time in Triton (queue + compute, its statistics),
+    # "in_process_ms": the mean time of the same stage in process}
+    steps: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.p50_ms / self.in_process_p50_ms
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
+
+
+def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
+    """model -> {count, success_ns, queue_ns} (cumulative, from Triton)."""
+    out = {}
+    for m in models:
+        s = client.get_inference_statistics(m, as_json=True)["model_stats"][0]["inference_stats"]
+
+        def ns(key: str) -> float:
+            return float(s.get(key, {}).get("ns", 0))
+
+        out[m] = {"count": float(s.get("success", {}).get("count", 0)), "success_ns": ns("success"),
+                  "queue_ns": ns("queue")}
+    return out
+
+
+def _steps(client, ensemble: str) -> list[str]:
+    cfg = client.get_model_config(ensemble, as_json=True)["config"]
+    return [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
+
+
+def served_engine_settings(url: str) -> dict:
+    """The served boxinst_net's ONNX Runtime settings (config parameters written by export), so
+    that the in-process run uses the same: {"threads": int, "spinning": bool}."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    try:
+        params = c.get_model_config("boxinst_net", as_json=True)["config"].get("parameters", {})
+    finally:
+        c.close()
+    value = {k: v.get("string_value", "") for k, v in params.items()}
+    return {"threads": int(value.get("intra_op_threads") or 0),
+            "spinning": value.get("intra_op_spinning", "1") not in ("0", "false")}
+
+
+STAGES = ("pre", "network", "post")  # the ensembles' steps, in order
+
+
+def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool = True):
+    """frame RGB uint8 [H, W, 3] -> (Instances, seconds per stage {pre, network, post}), the
+    server's work in this process."""
+    from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from boxinst_serve.postprocess import to_instances
+    from boxinst_serve.serving import ServingConfig, letterbox
+
+    serving = ServingConfig.load(repository)
+    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads,
+                               spinning=spinning)
+    cfg = serving.model
+
+    def run(frame: np.ndarray):
+        t0 = time.perf_counter()
+        canvas, meta = letterbox(frame, cfg, serving.canvas)
+        t1 = time.perf_counter()
+        out = engine(canvas[None])
+        t2 = time.perf_counter()
+        inst = to_instances(out, 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
+        return inst, {"pre": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
+
+    return run
+
+
+def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, iters: int = 30, warmup: int = 3,
+                   timeout_s: float = 60.0) -> BudgetRow:
+    """`iters` requests of `frame` by `input_mode`, alternating with as many in-process runs
+    (in-process first on every other request)."""
+    import tritonclient.grpc as grpcclient
+
+    if input_mode not in INPUTS:
+        raise ValueError(f"--input must be among {INPUTS}, got {input_mode!r}")
+    kwargs = {"png": {"arrays": "png"}, "raw": {}, "shm": {"shared_memory": True}}[input_mode]
+    ensemble = "boxinst" if input_mode == "png" else "boxinst_raw"
+    stats_client = grpcclient.InferenceServerClient(url)
+    try:
+        with BoxInstClient(url, timeout_s=timeout_s, **kwargs) as client:
+            models = [ensemble] + _steps(stats_client, ensemble)
+            for _ in range(warmup):
+                client.segment(frame)
+                in_process(frame)
+            before = _stats(stats_client, models)
+            lat, inproc, enc, call, dec = [], [], [], [], []
+            stages = {k: [] for k in STAGES}
+            dets = 0
+
+            def run_in_process() -> None:
+                t0 = time.perf_counter()
+                _, parts = in_process(frame)
+                inproc.append(time.perf_counter() - t0)
+                for k in STAGES:
+                    stages[k].append(parts[k])
+
+            for i in range(iters):
+                if i % 2:  # each path follows the other equally often
+                    run_in_process()
+                t0 = time.perf_counter()
+                inst = client.segment(frame)
+                lat.append(time.perf_counter() - t0)
+                timing = client.last_timing
+                enc.append(timing["encode_s"])
+                call.append(timing["infer_s"])
+                dec.append(timing["decode_s"])
+                dets = len(inst)
+                if not i % 2:
+                    run_in_process()
+            after = _stats(stats_client, models)
+    finally:
+        stats_client.close()
+    delta = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in models}
+    n = max(delta[ensemble]["count"], 1.0)
+    server_ms = delta[ensemble]["success_ns"] / n / 1e6
+    queue_ms = sum(delta[m]["queue_ns"] for m in models[1:]) / n / 1e6
+    steps = {stage: {"model": m, "server_ms": delta[m]["success_ns"] / max(delta[m]["count"], 1.0) / 1e6,
+                     "in_process_ms": float(np.mean(stages[stage])) * 1000}
+             for stage, m in zip(STAGES, models[1:])}
+    return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", requests=len(lat), instances=dets,
+                     p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), in_process_p50_ms=_pct(inproc, 50),
+                     in_process_p95_ms=_pct(inproc, 95), encode_ms=_pct(enc, 50),
+                     transfer_ms=float(np.mean(call)) * 1000 - server_ms, queue_ms=queue_ms,
+                     server_compute_ms=server_ms - queue_ms, decode_ms=_pct(dec, 50), steps=steps)
+
+
+def format_budget(rows: list[BudgetRow]) -> str:
+    lines = ["| frame | input | p50 ms | p95 ms | in-process p50 ms (p95) | p50 / in-process | encode | transfer | "
+             "queue | server compute | decode | instances |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.frame} | {r.input} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.in_process_p50_ms:.1f} "
+                     f"({r.in_process_p95_ms:.1f}) | **{r.ratio:.3f}** | {r.encode_ms:.2f} | {r.transfer_ms:.2f} | "
+                     f"{r.queue_ms:.2f} | {r.server_compute_ms:.1f} | {r.decode_ms:.2f} | "
+                     f"{r.instances} |")
+    lines.append("(milliseconds; encode, decode: client medians; transfer, queue, server compute: means over the "
+                 "timed requests, from Triton's statistics)")
+    lines += ["", "Per step, means: the step in Triton (its queue + compute, Triton's statistics; a Python-backend "
+              "step's time includes moving tensors to and from its stub process) against the same stage in process "
+              "(png's pre-processing step also decodes the PNG).",
+              "| frame | input | step | in Triton ms | in process ms | difference ms |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for stage, st in r.steps.items():
+            lines.append(f"| {r.frame} | {r.input} | {stage} (`{st['model']}`) | {st['server_ms']:.1f} | "
+                         f"{st['in_process_ms']:.1f} | {st['server_ms'] - st['in_process_ms']:+.1f} |")
+    return "\n".join(lines)
+
+
+def frame_of(size_hw: tuple[int, int], image: str | Path | None = None) -> np.ndarray:
+    """An RGB uint8 frame of size (h, w): `image` resized, or seeded random pixels."""
+    h, w = size_hw
+    if image is None:
+        return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    import cv2
+
+    from boxinst_serve.preprocess import read_image
+
+    return np.ascontiguousarray(cv2.resize(read_image(image), (w, h), interpolation=cv2.INTER_LINEAR))

@@ -1,0 +1,30 @@
+"""Triton Python-backend step 1 of `boxinst_raw`: a raw RGB uint8 frame -> letterboxed network
+input + metadata (boxinst_serve.serving.letterbox, as in-process inference). A bad frame gets an
+error response naming the problem (boxinst_serve.frames.check_frame) and the others are served."""
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from boxinst_serve.frames import check_frame
+from boxinst_serve.serving import ServingConfig, letterbox, meta_to_array, respond_each
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        repository = Path(args["model_repository"]).parent
+        self.serving = ServingConfig.load(repository)
+        params = json.loads(args["model_config"]).get("parameters", {})
+        limit = int(params.get("max_pixels", {}).get("string_value", "0") or 0)
+        self.max_pixels = limit or self.serving.max_pixels
+
+    def _one(self, request):
+        frame = check_frame(pb_utils.get_input_tensor_by_name(request, "image").as_numpy(), self.max_pixels)
+        canvas, meta = letterbox(frame, self.serving.model, self.serving.canvas)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("images", canvas[None]),
+            pb_utils.Tensor("meta", meta_to_array(meta)[None]),
+        ])
+
+    def execute(self, requests):
+        return respond_each(requests, self._one, pb_utils, "preprocess")
