@@ -104,7 +104,7 @@ def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool =
     """frame RGB uint8 [H, W, 3] -> (Instances, seconds per stage {pre, network, post}), the
     server's work in this process."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from boxinst_serve.postprocess import to_instances
+    from boxinst_serve.postprocess import instances_for
     from boxinst_serve.serving import ServingConfig, letterbox
 
     serving = ServingConfig.load(repository)
@@ -118,7 +118,7 @@ def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool =
         t1 = time.perf_counter()
         out = engine(canvas[None])
         t2 = time.perf_counter()
-        inst = to_instances(out, 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
+        inst = instances_for(cfg, out, 0, meta)
         return inst, {"pre": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
 
     return run
