@@ -111,7 +111,7 @@ def build_engine(onnx_path: str | os.PathLike, min_shape: tuple[int, int, int], 
     config.add_optimization_profile(profile)
     if int8:
         _configure_int8(trt, builder, network, config, onnx_path, out, fp16, calibration, calibration_cache,
-                        int8_exclude)
+                        int8_exclude, opt_shape)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from '{onnx_path}' (see the log above)")
@@ -129,25 +129,28 @@ def build_engine(onnx_path: str | os.PathLike, min_shape: tuple[int, int, int], 
 
 
 def _configure_int8(trt, builder, network, config, onnx_path: Path, plan_path: Path, fp16: bool,
-                    calibration: CalibrationImages | None, calibration_cache, exclude) -> None:
+                    calibration: CalibrationImages | None, calibration_cache, exclude,
+                    opt_shape: tuple[int, int, int]) -> None:
     """INT8 flag, the entropy calibrator with its calibration profile (one shape: the calibration
-    batches'), and the excluded convolutions pinned to FP16/FP32."""
+    batches', or the opt shape when only the cache is read), and the excluded convolutions pinned
+    to FP16/FP32."""
     import onnx
 
     from export.quantize import DEFAULT_EXCLUDE, excluded_nodes
 
     cache = Path(calibration_cache) if calibration_cache else plan_path.with_name("calibration.cache")
     config.set_flag(trt.BuilderFlag.INT8)
+    shape = (*opt_shape, 3)
     if calibration is not None:
         if calibration.canvas is None or not calibration.drop_last:
             raise ValueError("TensorRT calibrates at one input shape: give CalibrationImages a canvas and drop_last")
         first = next(iter(calibration), None)
         if first is None:
-            raise ValueError("INT8 calibration got no images")
+            raise ValueError(f"INT8 calibration got no batch of {calibration.batch_size} images")
         shape = tuple(first.shape)
-        calib_profile = builder.create_optimization_profile()
-        calib_profile.set_shape(INPUT_NAME, shape, shape, shape)
-        config.set_calibration_profile(calib_profile)
+    calib_profile = builder.create_optimization_profile()
+    calib_profile.set_shape(INPUT_NAME, shape, shape, shape)
+    config.set_calibration_profile(calib_profile)
     config.int8_calibrator = entropy_calibrator(trt, calibration, cache)
     groups = DEFAULT_EXCLUDE if exclude is None else exclude
     if groups:
