@@ -50,6 +50,7 @@ class Int8Options:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     images_dir: str | None = None
     cache: str | None = None
+    op_types: tuple[str, ...] = QUANTIZED_OP_TYPES
 
 
 def conv_weights(model) -> dict[str, str]:
@@ -101,15 +102,59 @@ class _Reader:
         return item
 
 
+CALIBRATION_CHUNK = 8  # batches per calibrator pass: histogram methods hold a pass's tensors in memory
+# Calibrator settings per method (ONNX Runtime's create_calibrator options). Activations are
+# uint8 asymmetric, so every range is asymmetric; entropy uses TensorRT's 2048-bin histograms
+# (quantize_static would give it 128 bins, the same number as its quantized bins, which makes it
+# return the min-max range).
+CALIBRATOR_OPTIONS = {
+    "minmax": {"symmetric": False},
+    "entropy": {"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"symmetric": False, "num_bins": 2048, "percentile": 99.999},
+}
+
+
+def calibrate_ranges(onnx_path: Path, batches: Iterable[np.ndarray], method: str, op_types: Sequence[str],
+                     ranges_path: Path, work_dir: Path) -> int:
+    """Run the fp32 graph on the calibration batches and save the activation ranges of every
+    tensor that `op_types` nodes read or write (ONNX Runtime's calibration cache JSON) to
+    RANGES_PATH. Returns the number of images seen."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(onnx_path, list(op_types), augmented_model_path=str(work_dir / "augmented.onnx"),
+                                   calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                                     "entropy": CalibrationMethod.Entropy,
+                                                     "percentile": CalibrationMethod.Percentile}[method],
+                                   extra_options=CALIBRATOR_OPTIONS[method])
+    seen = 0
+    it = iter(batches)
+    while True:
+        chunk = [b for _, b in zip(range(CALIBRATION_CHUNK), it)]
+        if not chunk:
+            break
+        reader = _Reader(chunk)
+        calibrator.collect_data(reader)
+        seen += reader.count
+    if seen == 0:
+        raise ValueError("INT8 calibration got no images")
+    save_tensors_data(calibrator.compute_data(), ranges_path)
+    return seen
+
+
 def quantize_onnx(onnx_path: str | os.PathLike, batches: Iterable[np.ndarray], out_path: str | os.PathLike,
-                  method: str = "minmax", exclude: Sequence[str] = DEFAULT_EXCLUDE, reduce_range: bool = False,
-                  calibration_info: dict | None = None) -> Path:
+                  method: str = DEFAULT_METHOD, exclude: Sequence[str] = DEFAULT_EXCLUDE, reduce_range: bool = False,
+                  calibration_info: dict | None = None, op_types: Sequence[str] = QUANTIZED_OP_TYPES,
+                  ranges_cache: str | os.PathLike | None = None) -> Path:
     """Write the INT8 (QDQ) copy of ONNX_PATH to OUT_PATH (atomically) and return its path.
 
     batches: calibration inputs, uint8 [B, H, W, 3] each (e.g. export.calibration.CalibrationImages);
-    method: minmax | entropy | percentile (99.999th); exclude: groups of EXCLUDE_GROUPS kept float;
-    reduce_range: 7-bit weights, ONNX Runtime's advice for x86 CPUs without VNNI (AVX2 only);
-    calibration_info: what the batches were, recorded in the metadata."""
+    method: minmax | entropy (KL divergence, 2048 bins) | percentile (99.999th); exclude: groups
+    of EXCLUDE_GROUPS kept float; reduce_range: 7-bit weights, ONNX Runtime's advice for x86 CPUs
+    without VNNI (AVX2 only); calibration_info: what the batches were, recorded in the metadata;
+    op_types: the op types quantized (default convolutions only; "MatMul" adds the dynamic mask
+    heads' batched products); ranges_cache: a JSON file of calibrated ranges, read when it exists
+    (the batches are then not read), written otherwise (valid for the same graph, method and op types)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -123,39 +168,39 @@ def quantize_onnx(onnx_path: str | os.PathLike, batches: Iterable[np.ndarray], o
     if "quantization" in meta:
         raise ValueError(f"'{onnx_path}' is already quantized ({meta['quantization'][:80]}...): quantize the fp32 export")
     skipped = excluded_nodes(model, exclude)
-    reader = _Reader(batches)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="boxinst-int8-", dir=out_path.parent) as tmp:
+        ranges = Path(ranges_cache) if ranges_cache else Path(tmp) / "ranges.json"
+        if ranges.is_file():
+            seen = json.loads(ranges.with_suffix(".images").read_text()) if ranges.with_suffix(".images").is_file() \
+                else None
+        else:
+            seen = calibrate_ranges(onnx_path, batches, method, op_types, ranges, Path(tmp))
+            ranges.with_suffix(".images").write_text(json.dumps(seen))
         quantized = Path(tmp) / "model_int8.onnx"
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-        # MinMax keeps only per-tensor ReduceMin/ReduceMax results per batch (small); the histogram
-        # methods keep every calibrated tensor of every batch until the end (memory grows with N).
-        # Not CalibMaxIntermediateOutputs: ONNX Runtime 1.32 drops the collected batches there
-        # without merging their ranges ("No data is collected").
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
-        quantize_static(str(onnx_path), str(quantized), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=reduce_range,
+        quantize_static(str(onnx_path), str(quantized), None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(op_types), per_channel=True, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=[n for nodes in skipped.values() for n in nodes],
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method],
-                        extra_options=extra)
-        if reader.count == 0:
-            raise ValueError("INT8 calibration got no images")
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                        calibration_cache_path=str(ranges))
         q = onnx.load(str(quantized))
         weights = conv_weights(model)
+        floated = {x for v in skipped.values() for x in v}
         info = {
             "format": "QDQ (ONNX Runtime static quantization)",
-            "quantized_op_types": list(QUANTIZED_OP_TYPES),
+            "quantized_op_types": list(op_types),
             "weights": "int8, symmetric, per output channel" + (", 7-bit range (reduce_range)" if reduce_range else ""),
             "activations": "uint8, asymmetric, per tensor",
-            "calibration": {"method": method, **(calibration_info or {}), "images_seen": reader.count},
+            "calibration": {"method": method, **CALIBRATOR_OPTIONS[method], **(calibration_info or {}),
+                            "images_seen": seen},
             "excluded": {g: sorted({weights[n] for n in nodes}) for g, nodes in skipped.items()},
-            "float_by_op_type": "every non-Conv op: normalisation, GroupNorm, decoding, TopK, NMS, "
-                                "dynamic mask heads (MatMul), upsampling",
-            "quantized_convs": sum(1 for n in weights if n not in {x for v in skipped.values() for x in v}),
-            "float_convs": sum(len(v) for v in skipped.values()),
+            "float_by_op_type": "every op not in quantized_op_types: normalisation, GroupNorm, decoding, TopK, NMS, "
+                                "upsampling" + ("" if "MatMul" in op_types else ", dynamic mask heads (MatMul)"),
+            "quantized_convs": sum(1 for n in weights if n not in floated),
+            "float_convs": len(floated),
         }
         del q.metadata_props[:]
         for k, v in {**meta, "quantization": json.dumps(info)}.items():
@@ -164,7 +209,7 @@ def quantize_onnx(onnx_path: str | os.PathLike, batches: Iterable[np.ndarray], o
         tmp_out = out_path.with_name(out_path.name + ".tmp")
         onnx.save(q, str(tmp_out))
         os.replace(tmp_out, out_path)
-    log.info("wrote %s (INT8 QDQ, %s calibration on %d images, float: %s)", out_path, method, reader.count,
+    log.info("wrote %s (INT8 QDQ, %s calibration on %s images, float: %s)", out_path, method, seen,
              ", ".join(exclude) or "none")
     return out_path
 
@@ -180,9 +225,10 @@ def quantization_info(path: str | os.PathLike) -> dict | None:
     return None
 
 
-def quantize_exported(onnx_path: str | os.PathLike, options: Int8Options, out_path: str | os.PathLike) -> Path:
+def quantize_exported(onnx_path: str | os.PathLike, options: Int8Options, out_path: str | os.PathLike,
+                      ranges_cache: str | os.PathLike | None = None) -> Path:
     """INT8 copy of an exported graph calibrated on the images of options.calibration, pre-processed
-    with the model config stored in the graph (its test sizes)."""
+    with the model config stored in the graph (its test sizes). ranges_cache: see quantize_onnx."""
     from boxinst_serve.config import ModelConfig
     from export.calibration import CalibrationImages
     from export.onnx import read_metadata
@@ -196,4 +242,4 @@ def quantize_exported(onnx_path: str | os.PathLike, options: Int8Options, out_pa
     images = CalibrationImages.from_coco(options.calibration, cfg, options.num_images, options.images_dir)
     info = {"data": Path(options.calibration).name, **images.describe()}
     return quantize_onnx(onnx_path, images, out_path, method=options.method, exclude=options.exclude,
-                         calibration_info=info)
+                         calibration_info=info, op_types=options.op_types, ranges_cache=ranges_cache)

@@ -37,26 +37,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
-    """One INT8 recipe: calibration method and the convolution groups kept in float."""
+    """One INT8 recipe: calibration method, the convolution groups kept in float, the op types
+    quantized."""
 
     method: str
     exclude: tuple[str, ...]
+    op_types: tuple[str, ...] = ("Conv",)
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        """'minmax:head_outputs+mask_branch_out', 'entropy:none', or 'percentile' (default groups)."""
-        from export.quantize import CALIBRATION_METHODS, DEFAULT_EXCLUDE
+        """METHOD[:GROUPS[:OPS]]: 'minmax:head_outputs+mask_branch_out', 'entropy:none',
+        'percentile' (default groups), 'minmax:default:Conv+MatMul' (dynamic heads quantized too)."""
+        from export.quantize import CALIBRATION_METHODS, DEFAULT_EXCLUDE, QUANTIZED_OP_TYPES
 
-        method, _, groups = text.partition(":")
+        method, _, rest = text.partition(":")
+        groups, _, ops = rest.partition(":")
         if method not in CALIBRATION_METHODS:
             raise ValueError(f"variant {text!r}: method must be one of {CALIBRATION_METHODS}")
-        if not groups:
-            return cls(method, tuple(DEFAULT_EXCLUDE))
-        return cls(method, () if groups == "none" else tuple(g for g in groups.split("+") if g))
+        exclude = tuple(DEFAULT_EXCLUDE) if groups in ("", "default") else \
+            () if groups == "none" else tuple(g for g in groups.split("+") if g)
+        return cls(method, exclude, tuple(o for o in ops.split("+") if o) or tuple(QUANTIZED_OP_TYPES))
 
     @property
     def name(self) -> str:
-        return f"{self.method}:{'+'.join(self.exclude) or 'none'}"
+        ops = "" if self.op_types == ("Conv",) else ":" + "+".join(self.op_types)
+        return f"{self.method}:{'+'.join(self.exclude) or 'none'}{ops}"
 
 
 def engine_predictions(engine, gt: COCO, images_dir: Path) -> list[dict[str, Any]]:
@@ -162,7 +167,9 @@ def compare(checkpoint: str, data_json: str, calibration_json: str, variants: li
         rows = []
         for v in variants:
             q = quantize_exported(fp32_path, Int8Options(calibration_json, num_images, v.method, v.exclude,
-                                                         calibration_dir), Path(tmp) / "model_int8.onnx")
+                                                         calibration_dir, op_types=v.op_types),
+                                  Path(tmp) / "model_int8.onnx",
+                                  ranges_cache=Path(tmp) / f"ranges_{v.method}_{'+'.join(v.op_types)}.json")
             r, results = row(q, f"int8 {v.name}")
             r["variant"] = v.name
             r["quantization"] = quantization_info(q)
@@ -214,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", required=True, help="COCO json whose images calibrate (e.g. train.json)")
     p.add_argument("--calibration-image-dir", default=None)
     p.add_argument("--calibration-images", type=int, default=64)
-    p.add_argument("--variants", default="minmax", help="comma-separated METHOD[:GROUP+GROUP|:none]")
+    p.add_argument("--variants", default="minmax",
+                   help="comma-separated METHOD[:GROUP+GROUP|:none|:default[:OP+OP]], e.g. minmax,entropy:none,"
+                        "minmax:default:Conv+MatMul")
     p.add_argument("--score-thresh", type=float, default=0.3, help="agreement: detections compared")
     p.add_argument("--time-size", type=_size, default=None, help="also time each engine's network at HxW")
     p.add_argument("--time-iters", type=int, default=10)
