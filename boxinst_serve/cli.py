@@ -422,12 +422,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 if args.calibration:
                     quantize_exported(exported_onnx(), Int8Options(args.calibration, args.calibration_images),
                                       int8_path)
-                else:  # speed does not depend on the ranges: calibrate on the benchmark image itself
+                else:  # speed does not depend on the ranges: min-max ranges of the benchmark image itself
                     from boxinst_serve.preprocess import prepare_batch
 
                     cfg = load_engine(exported_onnx()).config
                     batch, _ = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
-                    quantize_onnx(exported_onnx(), [batch], int8_path,
+                    quantize_onnx(exported_onnx(), [batch], int8_path, method="minmax",
                                   calibration_info={"data": "the benchmark image"})
                 engine = load_engine(int8_path, device=args.device, threads=args.threads)
             elif name == "tensorrt":
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration-image-dir", default=None, help="--int8: image folder of --calibration")
     s.add_argument("--calibration-images", type=int, default=64, help="--int8: images used from --calibration")
     s.add_argument("--calibration-method", default=None, choices=("minmax", "entropy", "percentile"),
-                   help="--int8 (ONNX Runtime): range calibration (default minmax); TensorRT uses its entropy "
+                   help="--int8 (ONNX Runtime): range calibration (default percentile); TensorRT uses its entropy "
                         "calibrator")
     s.add_argument("--calibration-cache", default=None,
                    help="--int8 tensorrt: calibration cache file, read if it exists, written otherwise")

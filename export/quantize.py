@@ -35,7 +35,7 @@ EXCLUDE_GROUPS: dict[str, str] = {
 DEFAULT_EXCLUDE: tuple[str, ...] = ("head_outputs", "mask_branch_out")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OP_TYPES = ("Conv",)
-DEFAULT_METHOD = "minmax"
+DEFAULT_METHOD = "percentile"
 
 
 @dataclass(frozen=True)

@@ -137,10 +137,10 @@ def test_int8_graph_says_how_it_was_made(exported, quantized):
     import onnx
 
     from export.onnx import read_metadata
-    from export.quantize import DEFAULT_EXCLUDE, quantization_info
+    from export.quantize import DEFAULT_EXCLUDE, DEFAULT_METHOD, quantization_info
 
     info = quantization_info(quantized)
-    assert info["calibration"]["method"] == "minmax" and info["calibration"]["images_seen"] == 8
+    assert info["calibration"]["method"] == DEFAULT_METHOD and info["calibration"]["images_seen"] == 8
     assert info["calibration"]["data"] == "train.json"
     assert tuple(info["excluded"]) == DEFAULT_EXCLUDE
     assert "model.head.cls_logits.weight" in info["excluded"]["head_outputs"]
@@ -242,12 +242,12 @@ def test_export_int8_writes_both_graphs_and_triton_serves_the_int8_one(trained_l
 
     out = tmp_path / "onnx"
     rc = main(["export", "--checkpoint", str(trained_lite), "--out", str(out), "--int8", "--calibration",
-               tiny_shapes["train"], "--calibration-images", "4", "--calibration-method", "percentile",
+               tiny_shapes["train"], "--calibration-images", "4", "--calibration-method", "minmax",
                "--int8-float", "first_conv"])
     assert rc == 0
     assert quantization_info(out / "model.onnx") is None
     info = quantization_info(out / "model_int8.onnx")
-    assert info["calibration"]["method"] == "percentile" and list(info["excluded"]) == ["first_conv"]
+    assert info["calibration"]["method"] == "minmax" and list(info["excluded"]) == ["first_conv"]
     assert info["excluded"]["first_conv"] == ["model.backbone.body.conv1.weight"]
     for flavour in ("cpu", "onnxruntime"):
         repo = tmp_path / f"repo_{flavour}"

@@ -195,7 +195,7 @@ def format_comparison(report: dict[str, Any]) -> str:
     for r in [report["fp32"], *report["int8"]]:
         a = r.get("agreement")
         cells = [r["engine"], f"{r['bbox']['AP']:.1f}", f"{r['bbox']['AP50']:.1f}", f"{r['segm']['AP']:.1f}",
-                 f"{r['segm']['AP50']:.1f}", "-" if a is None else f"{r['segm']['AP'] - base:+.1f}"]
+                 f"{r['segm']['AP50']:.1f}", "-" if a is None else f"{r['segm']['AP'] - base:+.2f}"]
         if a is None:
             cells += ["-"] * 5
         else:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", required=True, help="COCO json whose images calibrate (e.g. train.json)")
     p.add_argument("--calibration-image-dir", default=None)
     p.add_argument("--calibration-images", type=int, default=64)
-    p.add_argument("--variants", default="minmax",
+    p.add_argument("--variants", default="percentile",
                    help="comma-separated METHOD[:GROUP+GROUP|:none|:default[:OP+OP]], e.g. minmax,entropy:none,"
                         "minmax:default:Conv+MatMul")
     p.add_argument("--score-thresh", type=float, default=0.3, help="agreement: detections compared")
