@@ -51,6 +51,7 @@ ablation: install
 bench: install
 	$(BOXINST) bench --config lite --size 384x512 --engines torch,onnxruntime --iters 20 --warmup 3 --score-thresh 0
 	$(BOXINST) bench --config r50_fpn --size 800x1333 --engines onnxruntime --iters 5 --warmup 1 --score-thresh 0
+	$(BOXINST) bench --config lite --size 384x512 --engines onnxruntime,onnxruntime-int8 --iters 20 --warmup 3 --score-thresh 0 --no-stages
 
 clean:
 	rm -rf outputs

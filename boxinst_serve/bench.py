@@ -5,7 +5,11 @@ is synchronised.
 
 Also: the per-stage breakdown of the PyTorch path, the network's FLOPs (torch's flop counter,
 1 multiply-add = 2 FLOPs), the machine's dense matrix-product throughput measured in the same run,
-and the compute efficiency (achieved FLOP/s end to end over that dense FLOP/s)."""
+and the compute efficiency (achieved FLOP/s end to end over that dense FLOP/s).
+
+Imports numpy only at module level: `network_flops`, `dense_flops_per_s` and `machine_description`
+serve the GPU check (boxinst_serve.bench_gpu), which runs with torch/torchvision/numpy alone (no
+OpenCV, pycocotools or ONNX); pre- and post-processing are imported where they are used."""
 from __future__ import annotations
 
 import os
@@ -16,8 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from boxinst_serve.engines import Engine
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_for
 
 
 @dataclass
@@ -51,6 +53,9 @@ def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters:
             warmup: int = 3) -> LatencyReport:
     """Time `iters` end-to-end calls on `batch` copies of `image` (RGB uint8 [H, W, 3]) after
     `warmup` untimed ones. FPS counts images per second at the median latency."""
+    from boxinst_serve.postprocess import instances_for
+    from boxinst_serve.preprocess import prepare_for
+
     cfg = engine.config
     images = [image] * batch
     total, pre, net, post, dets = [], [], [], [], []
@@ -166,6 +171,8 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
 
     from boxinst_serve.model.condinst import HeadOutputs
     from boxinst_serve.model.postprocess import contract_outputs, detection_masks, select_detections
+    from boxinst_serve.postprocess import instances_for
+    from boxinst_serve.preprocess import prepare_for
 
     cfg = model.cfg
     model = model.eval()

@@ -200,16 +200,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export(args)
 
 
+def _int8_options(args: argparse.Namespace):
+    """export.quantize.Int8Options from the --int8 flags, or None without --int8."""
+    calibration_flags = (args.calibration, args.calibration_cache)
+    if not args.int8:
+        if any(calibration_flags):
+            raise ValueError("--calibration/--calibration-cache only apply with --int8")
+        return None
+    from export.quantize import DEFAULT_EXCLUDE, DEFAULT_METHOD, Int8Options
+
+    tensorrt = args.flavour == "tensorrt" if args.triton else args.format == "tensorrt"
+    if not args.calibration and not (tensorrt and args.calibration_cache):
+        raise ValueError("--int8 needs --calibration DATA.json: a COCO json whose images calibrate the INT8 ranges"
+                         + (" (or an existing --calibration-cache)" if tensorrt else ""))
+    if args.int8_float is None:
+        exclude = DEFAULT_EXCLUDE
+    else:
+        exclude = () if args.int8_float == "none" else tuple(g for g in args.int8_float.split(",") if g)
+    return Int8Options(args.calibration, num_images=args.calibration_images,
+                       method=args.calibration_method or DEFAULT_METHOD, exclude=exclude,
+                       images_dir=args.calibration_image_dir, cache=args.calibration_cache)
+
+
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    int8 = _int8_options(args)
     if args.triton:
         from export.triton import write_triton_net
 
         net = write_triton_net(args.checkpoint, args.triton, flavour=args.flavour, onnx_path=args.onnx,
                                canvas=args.canvas, max_batch_size=args.max_batch, instances=args.instances,
-                               trt_accelerator=args.trt_accelerator, fp16=args.fp16, max_pixels=args.max_pixels)
-        print(f"Triton model {net} ({args.flavour}); serve it with `boxinst serve --repository {args.triton}`")
+                               trt_accelerator=args.trt_accelerator, fp16=args.fp16, max_pixels=args.max_pixels,
+                               int8=int8)
+        print(f"Triton model {net} ({args.flavour}{', INT8' if int8 else ''}); serve it with "
+              f"`boxinst serve --repository {args.triton}`")
         return 0
     if not args.out:
         raise ValueError("give --out FOLDER (or --triton REPOSITORY)")
@@ -219,6 +244,12 @@ def _export(args: argparse.Namespace) -> int:
 
         path = export_onnx(args.checkpoint, out, max_detections=args.max_detections, opset=args.opset)
         print(f"ONNX model: {path}")
+        if int8:
+            from export.quantize import quantize_exported
+
+            q = quantize_exported(path, int8, out / "model_int8.onnx")
+            print(f"INT8 ONNX model: {q} ({int8.method} calibration on {args.calibration}; float: "
+                  f"{', '.join(int8.exclude) or 'only non-convolution ops'})")
         return 0
     from export.tensorrt import build_engine
 
@@ -227,8 +258,20 @@ def _export(args: argparse.Namespace) -> int:
         from export.onnx import export_onnx
 
         onnx_path = export_onnx(args.checkpoint, out, max_detections=args.max_detections, opset=args.opset)
+    calibration = None
+    if int8 is not None and int8.calibration:
+        from boxinst_serve.config import ModelConfig
+        from export.calibration import CalibrationImages
+        from export.onnx import read_metadata
+
+        cfg = ModelConfig.from_json(read_metadata(onnx_path)["model_config"])
+        calibration = CalibrationImages.from_coco(int8.calibration, cfg, int8.num_images, int8.images_dir,
+                                                  batch_size=args.opt_batch, canvas=args.opt_shape, drop_last=True)
     plan = build_engine(onnx_path, (1, *args.min_shape), (args.opt_batch, *args.opt_shape),
-                        (args.max_batch, *args.max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib)
+                        (args.max_batch, *args.max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib,
+                        int8=int8 is not None, calibration=calibration,
+                        calibration_cache=int8.cache if int8 is not None else None,
+                        int8_exclude=int8.exclude if int8 is not None else None)
     print(f"TensorRT plan: {plan}")
     return 0
 
@@ -484,18 +527,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.precision == "fp16" and not args.device.startswith("cuda"):
             raise ValueError("--precision fp16 needs --device cuda (CPUs run fp32)")
         reports = []
+        fp32_onnx: list = []  # the fp32 export, made once for onnxruntime and onnxruntime-int8
+
+        def exported_onnx():
+            from export.onnx import export_onnx
+
+            if not fp32_onnx:
+                fp32_onnx.append(export_onnx(checkpoint, work / "onnx"))
+            return fp32_onnx[0]
+
         for name in args.engines.split(","):
             if name == "torch":
                 engine = load_engine(checkpoint, device=args.device)
                 if args.precision == "fp16":
                     engine.net.half()
             elif name == "onnxruntime":
-                from export.onnx import export_onnx
-
                 if args.precision == "fp16":
                     raise ValueError("the onnxruntime engine runs the fp32 graph: use torch or tensorrt for fp16")
-                onnx_path = export_onnx(checkpoint, work / "onnx")
-                engine = load_engine(onnx_path, device=args.device, threads=args.threads)
+                engine = load_engine(exported_onnx(), device=args.device, threads=args.threads)
+            elif name == "onnxruntime-int8":
+                from export.quantize import Int8Options, quantize_exported, quantize_onnx
+
+                if args.precision == "fp16":
+                    raise ValueError("onnxruntime-int8 runs the INT8 graph: --precision applies to torch/tensorrt")
+                int8_path = work / "onnx" / "model_int8.onnx"
+                if args.calibration:
+                    quantize_exported(exported_onnx(), Int8Options(args.calibration, args.calibration_images),
+                                      int8_path)
+                else:  # speed does not depend on the ranges: min-max ranges of the benchmark image itself
+                    from boxinst_serve.preprocess import prepare_batch
+
+                    cfg = load_engine(exported_onnx()).config
+                    batch, _ = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+                    quantize_onnx(exported_onnx(), [batch], int8_path, method="minmax",
+                                  calibration_info={"data": "the benchmark image"})
+                engine = load_engine(int8_path, device=args.device, threads=args.threads)
             elif name == "tensorrt":
                 from export.onnx import export_onnx
                 from export.tensorrt import build_engine
@@ -508,7 +574,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     fp16=args.precision == "fp16")
                 engine = load_engine(plan)
             else:
-                raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime, tensorrt")
+                raise ValueError(f"unknown engine {name!r}: use torch, onnxruntime, onnxruntime-int8, tensorrt")
             report = measure(engine, name, image, batch=args.batch, iters=args.iters, warmup=args.warmup)
             if name == "torch" and not args.no_stages:
                 report.stages_ms = staged_latency(engine.net.model, image, batch=args.batch,
@@ -658,6 +724,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opt-batch", type=int, default=1)
     s.add_argument("--max-batch", type=int, default=8, help="tensorrt profile / Triton max_batch_size")
     s.add_argument("--workspace-gib", type=float, default=4.0)
+    s.add_argument("--int8", action="store_true",
+                   help="onnx: also write OUT/model_int8.onnx (ONNX Runtime static INT8, QDQ); tensorrt: INT8 plan; "
+                        "--triton: serve the INT8 engine")
+    s.add_argument("--calibration", default=None, metavar="DATA.json",
+                   help="--int8: COCO json whose images calibrate the INT8 ranges (images/ beside it)")
+    s.add_argument("--calibration-image-dir", default=None, help="--int8: image folder of --calibration")
+    s.add_argument("--calibration-images", type=int, default=64, help="--int8: images used from --calibration")
+    s.add_argument("--calibration-method", default=None, choices=("minmax", "entropy", "percentile"),
+                   help="--int8 (ONNX Runtime): range calibration (default percentile); TensorRT uses its entropy "
+                        "calibrator")
+    s.add_argument("--calibration-cache", default=None,
+                   help="--int8 tensorrt: calibration cache file, read if it exists, written otherwise")
+    s.add_argument("--int8-float", default=None, metavar="GROUPS",
+                   help="--int8: comma-separated convolution groups kept in float (first_conv, head_outputs, "
+                        "mask_branch_out; 'none': every convolution in INT8; default head_outputs,mask_branch_out)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
@@ -729,7 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="lite")
     s.add_argument("--size", type=_size, default=None, help="test size HxW (short side x max side)")
     s.add_argument("--image", default=None, help="image file (default: random pixels of --size)")
-    s.add_argument("--engines", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime, tensorrt")
+    s.add_argument("--engines", default="torch,onnxruntime",
+                   help="comma-separated: torch, onnxruntime, onnxruntime-int8, tensorrt")
+    s.add_argument("--calibration", default=None, metavar="DATA.json",
+                   help="onnxruntime-int8: calibrate on this COCO json's images (default: on the benchmark image)")
+    s.add_argument("--calibration-images", type=int, default=64, help="onnxruntime-int8: images of --calibration")
     s.add_argument("--engine", dest="engines", help="one engine (same as --engines NAME)")
     s.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     s.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown of the torch engine")

@@ -3,11 +3,15 @@ rescale boxes, paste stride-4 mask probabilities back (bilinear), threshold, RLE
 are computed and encoded only around each object (dense bitmaps decode lazily from the RLE)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from boxinst_serve.config import ModelConfig
-from boxinst_serve.preprocess import ImageMeta
 from boxinst_serve.results import Instances
+
+if TYPE_CHECKING:  # only annotations: the GPU check (bench_gpu) imports this module without OpenCV
+    from boxinst_serve.preprocess import ImageMeta
 
 
 def _axis_samples(lo: int, hi: int, n_src: int, scale: float, stride: int):

@@ -8,6 +8,10 @@ Flavours:
 - `tensorrt`: platform tensorrt_plan (1/model.plan, built here with TensorRT: build it with the
   TensorRT of the container that will serve it).
 
+With `int8` (an `Int8Options`), `cpu` and `onnxruntime` serve the INT8 QDQ copy of the graph
+(export/quantize.py) as 1/model.onnx, and `tensorrt` builds an INT8 plan calibrated on the same
+images (export/tensorrt.py).
+
 Every flavour also gets boxinst_serving.json (model config, class names, canvas), which the
 pre- and post-processing steps read, and the class names in its config parameters."""
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from boxinst_serve.config import INPUT_NAME, ModelConfig
 from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
+from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
@@ -33,7 +38,7 @@ BATCH_DELAY_US = {"cpu": 0, "onnxruntime": 1000, "tensorrt": 1000}
 
 def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
                trt_accelerator: bool = False, fp16: bool = False, intra_op_threads: int = 0,
-               intra_op_spinning: bool = False) -> str:
+               intra_op_spinning: bool = False, int8: bool = False) -> str:
     """config.pbtxt text of boxinst_net for a flavour (inputs/outputs as the network contract)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -68,7 +73,8 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
         "]",
     ]
     if flavour == "onnxruntime" and trt_accelerator:
-        precision = "FP16" if fp16 else "FP32"
+        # INT8: the graph carries its own Q/DQ scales, which TensorRT's execution provider uses.
+        precision = "INT8" if int8 else ("FP16" if fp16 else "FP32")
         lines += [
             "optimization { execution_accelerators { gpu_execution_accelerator : [ {",
             '  name : "tensorrt"',
@@ -82,9 +88,11 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
 def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLike, flavour: str = "cpu",
                      onnx_path: str | os.PathLike | None = None, canvas: tuple[int, int] | None = None,
                      max_batch_size: int = 8, instances: int = 1, trt_accelerator: bool = False,
-                     fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0) -> Path:
+                     fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0,
+                     int8: Int8Options | None = None) -> Path:
     """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`.
-    Returns the boxinst_net folder. Files are written to a temporary folder and swapped in."""
+    Returns the boxinst_net folder. Files are written to a temporary folder and swapped in.
+    int8: serve an INT8 engine calibrated as these options say (see the module docstring)."""
     from export.onnx import export_onnx
 
     if flavour not in FLAVOURS:
@@ -107,18 +115,34 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
 
         cfg = OnnxRuntimeEngine(onnx_file).config  # the config the graph was exported with
         canvas = tuple(canvas) if canvas else default_canvas(cfg)
+        if int8 is not None and flavour != "tensorrt":
+            from export.quantize import quantize_exported
+
+            fp32_file = onnx_file.with_name("model_fp32.onnx")
+            os.replace(onnx_file, fp32_file)
+            quantize_exported(fp32_file, int8, onnx_file)
+            fp32_file.unlink()
         if flavour == "cpu":
             shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
         elif flavour == "tensorrt":
             from export.tensorrt import build_engine
 
             side_min, side_max = min(canvas), max(canvas)
+            calibration = None
+            if int8 is not None and int8.calibration:
+                from export.calibration import CalibrationImages
+
+                calibration = CalibrationImages.from_coco(int8.calibration, cfg, int8.num_images, int8.images_dir,
+                                                          canvas=canvas, drop_last=True)
             build_engine(onnx_file, (1, side_min, side_min), (1, *canvas), (max_batch_size, side_max, side_max),
-                         fp16=fp16, out_path=version / "model.plan")
+                         fp16=fp16, out_path=version / "model.plan", int8=int8 is not None, calibration=calibration,
+                         calibration_cache=int8.cache if int8 is not None else None,
+                         int8_exclude=int8.exclude if int8 is not None else None)
+            (version / "calibration.cache").unlink(missing_ok=True)
             onnx_file.unlink()
             (version / "model.json").unlink(missing_ok=True)
         (work / "config.pbtxt").write_text(net_config(cfg, flavour, max_batch_size, instances, trt_accelerator, fp16,
-                                                      intra_op_threads))
+                                                      intra_op_threads, int8=int8 is not None))
         serving = ServingConfig(model=cfg, canvas=canvas) if max_pixels is None else \
             ServingConfig(model=cfg, canvas=canvas, max_pixels=max_pixels)
         serving.save(work)
@@ -130,5 +154,5 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("wrote %s (%s flavour, canvas %sx%s)", final, flavour, canvas[1], canvas[0])
+    log.info("wrote %s (%s flavour%s, canvas %sx%s)", final, flavour, ", INT8" if int8 else "", canvas[1], canvas[0])
     return final

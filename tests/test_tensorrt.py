@@ -51,3 +51,31 @@ def test_tensorrt_plan_matches_onnxruntime(tiny_shapes, tmp_path):
     assert np.array_equal(a["num_detections"], b["num_detections"])
     for i, n in enumerate(a["num_detections"]):
         np.testing.assert_allclose(np.sort(a["scores"][i, :n]), np.sort(b["scores"][i, :n]), atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="the tensorrt package is not installed (pip install 'boxinst-serve[tensorrt]')")
+@pytest.mark.skipif(HAS_TRT and not _has_cuda(), reason="TensorRT needs a CUDA GPU and none is visible")
+def test_tensorrt_int8_plan_is_calibrated_caches_its_calibration_and_agrees_with_fp32(trained_lite, tiny_shapes,
+                                                                                      tmp_path):
+    from boxinst_serve.engines import load_engine
+    from boxinst_serve.preprocess import prepare_batch, read_image
+    from export.calibration import CalibrationImages
+    from export.onnx import export_onnx
+    from export.tensorrt import build_engine
+
+    onnx_path = export_onnx(trained_lite, tmp_path / "onnx")
+    cfg = load_engine(onnx_path).config
+    images = CalibrationImages.from_coco(tiny_shapes["train"], cfg, num_images=8, canvas=(128, 160), drop_last=True)
+    cache = tmp_path / "calibration.cache"
+    plan = build_engine(onnx_path, (1, 64, 64), (1, 128, 160), (2, 256, 256), fp16=True, int8=True,
+                        calibration=images, calibration_cache=cache)
+    assert cache.stat().st_size > 0 and plan.name == "model_int8.plan"
+    # A second build reads the cache instead of the images.
+    again = build_engine(onnx_path, (1, 64, 64), (1, 128, 160), (2, 256, 256), fp16=True, int8=True,
+                         calibration=None, calibration_cache=cache, out_path=tmp_path / "again.plan")
+    batch, _ = prepare_batch([read_image(p) for p in images.files[:2]], 128, 160)
+    a = load_engine(onnx_path)(batch)
+    for b in (load_engine(plan)(batch), load_engine(again)(batch)):
+        assert set(b) == set(a) and all(b[k].dtype == a[k].dtype and b[k].shape == a[k].shape for k in a)
+        for i in range(len(batch)):  # the strongest detections agree (30-iteration weights: scores are close)
+            np.testing.assert_allclose(np.sort(b["scores"][i])[-5:], np.sort(a["scores"][i])[-5:], atol=0.05)
