@@ -2,17 +2,19 @@
 (`boxinst bench --url URL --input png,raw,shm`).
 
 For each frame size and input path, at concurrency 1, requests alternate with the in-process
-run of the same work (letterbox, ONNX Runtime on the repository's model.onnx with the served
-model's thread settings, paste + RLE: what a robot holding the frame would do without a server),
-so that both see the same machine state.
+run of the same work (boxinst_serve.fused.FramePipeline: letterbox, ONNX Runtime on the
+repository's model.onnx with the served model's thread settings, paste + RLE: what a robot
+holding the frame would do without a server), so that both see the same machine state. Raw and
+shared-memory frames go where the client sends them: `boxinst_raw_fused` (one process) where
+the server has it, else the `boxinst_raw` ensemble, or the model named by `raw_model`.
 The client-side latency (frame in, Instances out) is split into:
 - encode: PNG encoding (png), building the request message (raw) or copying the frame into
   shared memory (shm), measured by the client;
 - transfer: the gRPC call minus the ensemble's time in Triton: serialisation, the wire, gRPC
   threads on both sides, setting up the request and sending the response;
 - queue: time the request waited in the steps' schedulers (Triton's statistics);
-- server compute: the ensemble's time minus that queueing: the steps' work, including moving
-  tensors to and from the Python-backend stub processes and from step to step;
+- server compute: the served model's time minus that queueing: the steps' work, including
+  moving tensors to and from the Python-backend stub processes and from step to step;
 - decode: response to Instances, measured by the client.
 The server-side figures come from Triton's statistics (the gRPC inference-statistics API), which
 are cumulative sums: they are means over the timed requests (the difference of two snapshots),
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from boxinst_serve.client import BoxInstClient
+from boxinst_serve.fused import STAGES, FramePipeline
 
 INPUTS = ("png", "raw", "shm")
 
@@ -36,6 +39,7 @@ INPUTS = ("png", "raw", "shm")
 class BudgetRow:
     input: str
     frame: str  # "WxH"
+    model: str  # the served model the requests went to
     requests: int
     instances: int
     p50_ms: float
@@ -47,8 +51,10 @@ class BudgetRow:
     queue_ms: float
     server_compute_ms: float
     decode_ms: float
-    # per step: {"server_ms": the step's mean time in Triton (queue + compute, its statistics),
-    # "in_process_ms": the mean time of the same stage in process}
+    # per step: {"model", "server_ms": the step's mean time in Triton (queue + compute, its
+    # statistics), "infer_ms": of which its execute() (Triton's compute_infer), "in_process_ms":
+    # the mean time of the same stage in process}; a model that is not an ensemble is one step,
+    # "all", against the whole in-process run
     steps: dict = field(default_factory=dict)
 
     @property
@@ -64,7 +70,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
-    """model -> {count, success_ns, queue_ns} (cumulative, from Triton)."""
+    """model -> {count, success_ns, queue_ns, infer_ns} (cumulative, from Triton)."""
     out = {}
     for m in models:
         s = client.get_inference_statistics(m, as_json=True)["model_stats"][0]["inference_stats"]
@@ -73,13 +79,14 @@ def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
             return float(s.get(key, {}).get("ns", 0))
 
         out[m] = {"count": float(s.get("success", {}).get("count", 0)), "success_ns": ns("success"),
-                  "queue_ns": ns("queue")}
+                  "queue_ns": ns("queue"), "infer_ns": ns("compute_infer")}
     return out
 
 
-def _steps(client, ensemble: str) -> list[str]:
-    cfg = client.get_model_config(ensemble, as_json=True)["config"]
-    return [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
+def _steps(client, model: str) -> list[str]:
+    """An ensemble's step models, in order; [] for a model that is not an ensemble."""
+    cfg = client.get_model_config(model, as_json=True)["config"]
+    return [s["model_name"] for s in cfg.get("ensemble_scheduling", {}).get("step", [])]
 
 
 def served_engine_settings(url: str) -> dict:
@@ -97,47 +104,27 @@ def served_engine_settings(url: str) -> dict:
             "spinning": value.get("intra_op_spinning", "1") not in ("0", "false")}
 
 
-STAGES = ("pre", "network", "post")  # the ensembles' steps, in order
-
-
 def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool = True):
     """frame RGB uint8 [H, W, 3] -> (Instances, seconds per stage {pre, network, post}), the
-    server's work in this process."""
-    from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from boxinst_serve.postprocess import instances_for
-    from boxinst_serve.serving import ServingConfig, letterbox
-
-    serving = ServingConfig.load(repository)
-    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads,
-                               spinning=spinning)
-    cfg = serving.model
-
-    def run(frame: np.ndarray):
-        t0 = time.perf_counter()
-        canvas, meta = letterbox(frame, cfg, serving.canvas)
-        t1 = time.perf_counter()
-        out = engine(canvas[None])
-        t2 = time.perf_counter()
-        inst = instances_for(cfg, out, 0, meta)
-        return inst, {"pre": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}
-
-    return run
+    server's work in this process (the code the one-process model runs in Triton)."""
+    return FramePipeline.from_repository(repository, threads=threads, spinning=spinning).timed
 
 
 def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, iters: int = 30, warmup: int = 3,
-                   timeout_s: float = 60.0) -> BudgetRow:
+                   timeout_s: float = 60.0, raw_model: str | None = None) -> BudgetRow:
     """`iters` requests of `frame` by `input_mode`, alternating with as many in-process runs
-    (in-process first on every other request)."""
+    (in-process first on every other request). raw_model: where raw and shm frames go (None:
+    the client's choice)."""
     import tritonclient.grpc as grpcclient
 
     if input_mode not in INPUTS:
         raise ValueError(f"--input must be among {INPUTS}, got {input_mode!r}")
     kwargs = {"png": {"arrays": "png"}, "raw": {}, "shm": {"shared_memory": True}}[input_mode]
-    ensemble = "boxinst" if input_mode == "png" else "boxinst_raw"
     stats_client = grpcclient.InferenceServerClient(url)
     try:
-        with BoxInstClient(url, timeout_s=timeout_s, **kwargs) as client:
-            models = [ensemble] + _steps(stats_client, ensemble)
+        with BoxInstClient(url, timeout_s=timeout_s, raw_model=raw_model, **kwargs) as client:
+            served = client.model if input_mode == "png" else client.raw_model
+            models = [served] + _steps(stats_client, served)
             for _ in range(warmup):
                 client.segment(frame)
                 in_process(frame)
@@ -170,13 +157,22 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
     finally:
         stats_client.close()
     delta = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in models}
-    n = max(delta[ensemble]["count"], 1.0)
-    server_ms = delta[ensemble]["success_ns"] / n / 1e6
-    queue_ms = sum(delta[m]["queue_ns"] for m in models[1:]) / n / 1e6
-    steps = {stage: {"model": m, "server_ms": delta[m]["success_ns"] / max(delta[m]["count"], 1.0) / 1e6,
-                     "in_process_ms": float(np.mean(stages[stage])) * 1000}
-             for stage, m in zip(STAGES, models[1:])}
-    return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", requests=len(lat), instances=dets,
+    n = max(delta[served]["count"], 1.0)
+    server_ms = delta[served]["success_ns"] / n / 1e6
+    queued = models[1:] or models  # an ensemble queues in its steps, a single model in its own scheduler
+    queue_ms = sum(delta[m]["queue_ns"] for m in queued) / n / 1e6
+
+    def step(m: str, in_process_s: list[float]) -> dict:
+        count = max(delta[m]["count"], 1.0)
+        return {"model": m, "server_ms": delta[m]["success_ns"] / count / 1e6,
+                "infer_ms": delta[m]["infer_ns"] / count / 1e6, "in_process_ms": float(np.mean(in_process_s)) * 1000}
+
+    if len(models) > 1:
+        steps = {stage: step(m, stages[stage]) for stage, m in zip(STAGES, models[1:])}
+    else:
+        steps = {"all": step(served, [sum(parts) for parts in zip(*stages.values())])}
+    return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", model=served, requests=len(lat),
+                     instances=dets,
                      p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), in_process_p50_ms=_pct(inproc, 50),
                      in_process_p95_ms=_pct(inproc, 95), encode_ms=_pct(enc, 50),
                      transfer_ms=float(np.mean(call)) * 1000 - server_ms, queue_ms=queue_ms,
@@ -184,24 +180,27 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
 
 
 def format_budget(rows: list[BudgetRow]) -> str:
-    lines = ["| frame | input | p50 ms | p95 ms | in-process p50 ms (p95) | p50 / in-process | encode | transfer | "
-             "queue | server compute | decode | instances |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| frame | input | model | p50 ms | p95 ms | in-process p50 ms (p95) | p50 / in-process | encode | "
+             "transfer | queue | server compute | decode | instances |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.frame} | {r.input} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.in_process_p50_ms:.1f} "
+        lines.append(f"| {r.frame} | {r.input} | `{r.model}` | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.in_process_p50_ms:.1f} "
                      f"({r.in_process_p95_ms:.1f}) | **{r.ratio:.3f}** | {r.encode_ms:.2f} | {r.transfer_ms:.2f} | "
                      f"{r.queue_ms:.2f} | {r.server_compute_ms:.1f} | {r.decode_ms:.2f} | "
                      f"{r.instances} |")
     lines.append("(milliseconds; encode, decode: client medians; transfer, queue, server compute: means over the "
                  "timed requests, from Triton's statistics)")
     lines += ["", "Per step, means: the step in Triton (its queue + compute, Triton's statistics; a Python-backend "
-              "step's time includes moving tensors to and from its stub process) against the same stage in process "
-              "(png's pre-processing step also decodes the PNG).",
-              "| frame | input | step | in Triton ms | in process ms | difference ms |", "|---|---|---|---|---|---|"]
+              "step's time includes moving tensors to and from its stub process; of which execute(): Triton's "
+              "compute_infer) against the same stage in process (png's pre-processing step also decodes the PNG; "
+              "a one-process model is one step, `all`).",
+              "| frame | input | step | in Triton ms | of which execute() ms | in process ms | difference ms |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         for stage, st in r.steps.items():
             lines.append(f"| {r.frame} | {r.input} | {stage} (`{st['model']}`) | {st['server_ms']:.1f} | "
-                         f"{st['in_process_ms']:.1f} | {st['server_ms'] - st['in_process_ms']:+.1f} |")
+                         f"{st['infer_ms']:.1f} | {st['in_process_ms']:.1f} | "
+                         f"{st['server_ms'] - st['in_process_ms']:+.1f} |")
     return "\n".join(lines)
 
 

@@ -407,7 +407,8 @@ def cmd_bench_frames(args: argparse.Namespace) -> int:
     for hw in args.frames:
         frame = frame_of(hw, args.image)
         for mode in modes:
-            rows.append(measure_budget(args.url, frame, mode, in_process, iters=args.iters, warmup=args.warmup))
+            rows.append(measure_budget(args.url, frame, mode, in_process, iters=args.iters, warmup=args.warmup,
+                                       raw_model=args.raw_model))
     if args.json:
         print(json.dumps({"machine": machine_description(), "url": args.url, "engine": settings,
                           "rows": [r.to_dict() for r in rows]}))
@@ -834,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", default=None,
                    help="--url: camera frames by input path instead of load: png, raw, shm or several "
                         "(comma-separated); latency split into encode, transfer, queue, server compute, decode")
+    s.add_argument("--raw-model", default=None,
+                   help="--input raw,shm: the served model raw frames go to (default: the client's choice, "
+                        "boxinst_raw_fused where the server has it, else the boxinst_raw ensemble)")
     s.add_argument("--frames", type=_frame_sizes, default=((480, 640), (720, 1280)),
                    help="--input: frame sizes as WIDTHxHEIGHT, comma-separated (default 640x480,1280x720); "
                         "--image resized to each, else random pixels")

@@ -7,7 +7,9 @@ ensemble (DESIGN.md, "Client and results").
         for g in inst.geometry(): print(g["centroid"], g["angle_deg"])
 
 Numpy frames go to the `boxinst_raw` ensemble as they are (uint8 [1, H, W, 3], no PNG encode or
-server-side decode); `arrays="png"` sends them PNG-encoded to `boxinst` instead. With
+server-side decode), or, where the server has it (a `cpu` export), to `boxinst_raw_fused`: the
+same inputs and outputs, its steps in one process; `arrays="png"` sends them PNG-encoded to
+`boxinst` instead. With
 `shared_memory=True` (client and server on the same host) frames and the fixed-size outputs
 travel through system shared memory (boxinst_serve.shm) instead of the gRPC message.
 
@@ -27,7 +29,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from boxinst_serve.frames import RAW_MODEL, check_frame
+from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL, check_frame
 from boxinst_serve.results import Instances
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
@@ -154,18 +156,31 @@ def _max_detections(config: Any) -> int:
                        "cannot size the shared-memory outputs; export the model again or use shared_memory=False")
 
 
+def _pick_raw_model(ready: bool | Exception) -> str:
+    """Whether the server has the one-process raw model ready (or the error asking gave) -> the
+    model raw frames go to."""
+    if isinstance(ready, Exception):
+        err = _wrap(ready)
+        if "unknown model" not in str(err).lower():
+            raise err from ready
+        ready = False
+    return FUSED_RAW_MODEL if ready else RAW_MODEL
+
+
 class BoxInstClient:
     """Blocking client. `segment_batch` sends its images concurrently (Triton batches them).
 
     arrays: how numpy frames travel: "raw" (default; uint8 as is, to `raw_model`) or "png"
-    (encoded, to `model`). shared_memory: frames in and fixed-size outputs out through system
+    (encoded, to `model`). raw_model: None (default) picks `boxinst_raw_fused` where the server
+    has it ready (CPU servers: the ensemble's steps in one process), else the `boxinst_raw`
+    ensemble; asked once. shared_memory: frames in and fixed-size outputs out through system
     shared memory (the server must run on this host); regions are registered once per request
     slot and reused, and unregistered and unlinked by close() (or, if this process is killed, by
     the next client that opens shared memory). Paths and encoded bytes always go to `model` in
     the gRPC message."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
-                 max_workers: int = 8, raw_model: str = RAW_MODEL, arrays: str = "raw",
+                 max_workers: int = 8, raw_model: str | None = None, arrays: str = "raw",
                  shared_memory: bool = False):
         import tritonclient.grpc as grpcclient
 
@@ -174,7 +189,7 @@ class BoxInstClient:
         if shared_memory and arrays != "raw":
             raise ValueError("shared_memory=True sends raw frames: use arrays='raw'")
         self._grpc = grpcclient
-        self.url, self.model, self.raw_model, self.timeout_s = url, model, raw_model, timeout_s
+        self.url, self.model, self._raw_model, self.timeout_s = url, model, raw_model, timeout_s
         self.arrays = arrays
         # 64 MiB messages: bitmap masks of large images do not fit gRPC's 4 MiB default.
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -215,6 +230,17 @@ class BoxInstClient:
                                f"this host and see this /dev/shm): {_wrap(e)}") from e
 
     @property
+    def raw_model(self) -> str:
+        """The model numpy frames go to (see the class docstring)."""
+        if self._raw_model is None:
+            try:
+                ready: bool | Exception = self._client.is_model_ready(FUSED_RAW_MODEL, client_timeout=self.timeout_s)
+            except Exception as e:  # noqa: BLE001 - _pick_raw_model decides
+                ready = e
+            self._raw_model = _pick_raw_model(ready)
+        return self._raw_model
+
+    @property
     def shared_memory_regions(self) -> list[str]:
         """Names of the regions this client has registered (empty without shared memory)."""
         return self._shm.names() if self._shm is not None else []
@@ -244,7 +270,7 @@ class BoxInstClient:
             return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
             err = _wrap(e)
-            if model == self.raw_model and "unknown model" in str(err):
+            if model == self._raw_model and "unknown model" in str(err):
                 raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames (copied "
                                    "before it existed?): copy model_repository/ again, or use arrays='png'") from e
             raise err from e
@@ -329,7 +355,7 @@ class AsyncBoxInstClient:
     """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
-                 raw_model: str = RAW_MODEL, arrays: str = "raw"):
+                 raw_model: str | None = None, arrays: str = "raw"):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
@@ -351,10 +377,21 @@ class AsyncBoxInstClient:
             self._class_names = _class_names(cfg)
         return self._class_names
 
+    async def _raw_model_name(self) -> str:
+        """The model numpy frames go to, as BoxInstClient.raw_model."""
+        if self.raw_model is None:
+            try:
+                ready: bool | Exception = await self._client.is_model_ready(FUSED_RAW_MODEL,
+                                                                            client_timeout=self.timeout_s)
+            except Exception as e:  # noqa: BLE001 - _pick_raw_model decides
+                ready = e
+            self.raw_model = _pick_raw_model(ready)
+        return self.raw_model
+
     async def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
         if isinstance(image, np.ndarray) and self.arrays == "raw":
             inputs, outputs = _raw_request(self._grpc, check_frame(image), mask_format)
-            model = self.raw_model
+            model = await self._raw_model_name()
         else:
             inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
             model = self.model

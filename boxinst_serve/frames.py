@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 RAW_MODEL = "boxinst_raw"  # the ensemble taking raw frames (model_repository/boxinst_raw)
+# The same inputs and outputs in one Python-backend process (letterbox, ONNX Runtime, post-processing):
+# written beside boxinst_net by `boxinst export --flavour cpu` (boxinst_serve.fused).
+FUSED_RAW_MODEL = "boxinst_raw_fused"
 
 
 def check_frame(frame: Any, max_pixels: int | None = None, source: str = "image") -> np.ndarray:

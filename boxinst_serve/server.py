@@ -22,8 +22,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 MODELS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess", "boxinst")
 # The raw-frame ensemble: waited for where the repository has it (copies of model_repository/
-# made before it existed do not).
-OPTIONAL_MODELS = ("boxinst_preprocess_raw", "boxinst_raw")
+# made before it existed do not); the one-process raw model where a `cpu` export wrote it.
+OPTIONAL_MODELS = ("boxinst_preprocess_raw", "boxinst_raw", "boxinst_raw_fused")
 
 
 class ServerError(RuntimeError):

@@ -115,6 +115,23 @@ def mask_format_of(value: Any) -> str:
     return s
 
 
+def instance_outputs(inst: Any, mask_format: str) -> dict[str, np.ndarray]:
+    """Instances -> the served models' outputs by name, batch dimension first (one image):
+    num_instances int32 [1, 1], boxes fp32 [1, N, 4], scores fp32 [1, N], classes int32 [1, N],
+    masks_rle object (bytes) [1, N], image_size int32 [1, 2], masks uint8 [1, N, H, W] 0/1 when
+    mask_format is 'bitmap', else [1, 0, 0, 0]."""
+    n = len(inst)
+    counts = np.array([r["counts"].encode("ascii") for r in inst.rle], dtype=np.object_)
+    masks = inst.masks.astype(np.uint8) if mask_format == "bitmap" else np.zeros((0, 0, 0), dtype=np.uint8)
+    return {"num_instances": np.array([[n]], dtype=np.int32),
+            "boxes": inst.boxes.astype(np.float32).reshape(1, n, 4),
+            "scores": inst.scores.astype(np.float32).reshape(1, n),
+            "classes": inst.classes.astype(np.int32).reshape(1, n),
+            "masks_rle": counts.reshape(1, n),
+            "image_size": np.array([inst.image_size], dtype=np.int32),
+            "masks": masks[None]}
+
+
 def respond_each(requests: list, handle, pb_utils, step: str) -> list:
     """The Python-backend steps' execute(): one response per request, `handle(request)` or, if it
     raises, an error response naming the step and the problem, so one bad request never fails the

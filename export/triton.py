@@ -12,8 +12,10 @@ With `int8` (an `Int8Options`), `cpu` and `onnxruntime` serve the INT8 QDQ copy 
 (export/quantize.py) as 1/model.onnx, and `tensorrt` builds an INT8 plan calibrated on the same
 images (export/tensorrt.py).
 
-Every flavour also gets boxinst_serving.json (model config, class names, canvas), which the
-pre- and post-processing steps read, and the class names in its config parameters."""
+The `cpu` flavour also writes `boxinst_raw_fused` beside it (raw frames in one process,
+export/triton_fused.py); the others remove it. Every flavour also gets boxinst_serving.json
+(model config, class names, canvas), which the pre- and post-processing steps read, and the class
+names in its config parameters."""
 from __future__ import annotations
 
 import json
@@ -154,5 +156,11 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from export.triton_fused import remove_fused_raw, write_fused_raw
+
+    if flavour == "cpu":  # raw frames in one process: no hand-offs between Python-backend steps
+        write_fused_raw(repository, max_batch_size, intra_op_threads)
+    else:
+        remove_fused_raw(repository)
     log.info("wrote %s (%s flavour%s, canvas %sx%s)", final, flavour, ", INT8" if int8 else "", canvas[1], canvas[0])
     return final

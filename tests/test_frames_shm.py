@@ -113,3 +113,31 @@ def test_clean_stale_unregisters_dead_owners_regions_and_tolerates_a_race(tmp_pa
     report = clean_stale(server, shm_dir=tmp_path)
     assert report["unregistered"] == [gone]
     assert server.names == {mine, "someone_else"}
+
+
+def test_closing_a_region_waits_until_the_server_lets_go_of_it(monkeypatch):
+    """Triton answers "currently in use" to an unregister that comes right after the response of
+    the last request that used the region; close() must retry, not leave it registered."""
+    import tritonclient.utils.shared_memory as shm_utils
+
+    from boxinst_serve.shm import Region
+
+    class Server:
+        def __init__(self, busy: int, error: str = "it is currently in use"):
+            self.busy, self.error, self.calls, self.registered = busy, error, 0, True
+
+        def unregister_system_shared_memory(self, name="", client_timeout=None):
+            self.calls += 1
+            if self.calls <= self.busy:
+                raise RuntimeError(f"[StatusCode.INTERNAL] Cannot unregister shared memory region '{name}', "
+                                   f"{self.error}.")
+            self.registered = False
+
+    destroyed = []
+    monkeypatch.setattr(shm_utils, "destroy_shared_memory_region", destroyed.append)
+    server = Server(busy=3)
+    Region("boxinst_x", 64, "handle").close(server, timeout_s=1)
+    assert not server.registered and server.calls == 4 and destroyed == ["handle"]
+    gone = Server(busy=10**6, error="failed to connect to all addresses")  # a dead server: no retries
+    Region("boxinst_y", 64, "handle2").close(gone, timeout_s=1)
+    assert gone.calls == 1 and destroyed == ["handle", "handle2"]

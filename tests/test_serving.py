@@ -26,6 +26,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import AsyncBoxInstClient, BoxInstClient, BoxInstError, BoxInstTimeout  # noqa: E402
 from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
+from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
 from boxinst_serve.postprocess import to_instances  # noqa: E402
 from boxinst_serve.preprocess import decode_image  # noqa: E402
 from boxinst_serve.server import free_port  # noqa: E402
@@ -43,11 +44,16 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serving")
     repo = root / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_net*"))
-    write_triton_net(trained_lite, repo, flavour="cpu")
-    # A 2 MP frame limit for raw frames, so that the over-the-limit test sends 2 MP, not 50.
-    raw_cfg = repo / "boxinst_preprocess_raw" / "config.pbtxt"
-    raw_cfg.write_text(raw_cfg.read_text().replace('string_value: "0"', f'string_value: "{RAW_MAX_PIXELS}"'))
+    shutil.copytree(ROOT / "model_repository", repo,
+                    ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_*", FUSED_RAW_MODEL))
+    write_triton_net(trained_lite, repo, flavour="cpu")  # boxinst_net and boxinst_raw_fused
+    # A 2 MP frame limit for raw frames (ensemble and one-process model), so that the
+    # over-the-limit test sends 2 MP, not 50.
+    for name in ("boxinst_preprocess_raw", FUSED_RAW_MODEL):
+        cfg = repo / name / "config.pbtxt"
+        limit = '{ key: "max_pixels", value: { string_value: "0" } }'
+        assert limit in cfg.read_text(), name
+        cfg.write_text(cfg.read_text().replace(limit, limit.replace('"0"', f'"{RAW_MAX_PIXELS}"')))
     ports = [free_port() for _ in range(3)]
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
@@ -340,7 +346,8 @@ def test_export_records_the_serving_size_in_the_repository(trained_lite, tmp_pat
     assert (repo / "boxinst_net" / "1" / "model.py").is_file() and not list(repo.glob(".boxinst_net*"))
 
 
-# --- Raw frames and shared memory (the `boxinst_raw` ensemble) ---------------------------------
+# --- Raw frames and shared memory (the `boxinst_raw` ensemble and, written by the cpu export, the
+# one-process `boxinst_raw_fused`, which the client picks on this server) -----------------------
 
 def own_shm_files() -> list[str]:
     """This process's boxinst files in /dev/shm, and those of dead processes."""
@@ -358,42 +365,59 @@ def _frames(served) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("mask_format", ["rle", "bitmap"])
 def test_raw_and_shared_memory_results_equal_the_png_path(served, mask_format):
-    with BoxInstClient(served["url"], arrays="png") as png, BoxInstClient(served["url"], shared_memory=True) as shm:
+    """Raw frames, in the gRPC message and through shared memory, to the one-process model (the
+    client's choice on this CPU server) and to the ensemble."""
+    url = served["url"]
+    assert served["client"].raw_model == FUSED_RAW_MODEL
+    with BoxInstClient(url, arrays="png") as png, BoxInstClient(url, shared_memory=True) as shm, \
+            BoxInstClient(url, raw_model=RAW_MODEL) as ensemble, \
+            BoxInstClient(url, raw_model=RAW_MODEL, shared_memory=True) as ensemble_shm:
+        assert shm.raw_model == FUSED_RAW_MODEL and ensemble_shm.raw_model == RAW_MODEL
         for frame in _frames(served):
             want = png.segment(frame, mask_format=mask_format)
             assert_same(want, reference(served, encode(frame, ".png")))
             raw = served["client"].segment(frame, mask_format=mask_format)
             via_shm = shm.segment(frame, mask_format=mask_format)
             assert png.last_timing["encode_s"] > 0 and shm.last_timing["infer_s"] > 0
-            for got in (raw, via_shm):
+            for got in (raw, via_shm, ensemble.segment(frame, mask_format=mask_format),
+                        ensemble_shm.segment(frame, mask_format=mask_format)):
                 assert_same(got, want)
                 assert [r["counts"] for r in got.rle] == [r["counts"] for r in want.rle]
                 if mask_format == "bitmap":
                     assert got._masks is not None and (got._masks == want.masks).all()
 
 
-def test_bad_raw_frames_are_refused_and_the_server_keeps_serving(served):
+@pytest.mark.parametrize("model", [FUSED_RAW_MODEL, RAW_MODEL])
+def test_bad_raw_frames_are_refused_and_the_server_keeps_serving(served, model):
     client, url = served["client"], served["url"]
     good = decode_image(served["images"][0].read_bytes())
     expected = len(client.segment(good))
     server_side = {  # straight through tritonclient: what the server itself answers
-        "float32": (good.astype(np.float32)[None], "data-type is 'FP32', but model 'boxinst_raw' expects 'UINT8'"),
+        "float32": (good.astype(np.float32)[None], f"data-type is 'FP32', but model '{model}' expects 'UINT8'"),
         "4 channels": (np.zeros((1, 50, 60, 4), np.uint8), r"Expected \[-1,-1,-1,3\], got \[1,50,60,4\]"),
         "no channel axis": (np.zeros((1, 50, 60), np.uint8), r"Expected \[-1,-1,-1,3\], got \[1,50,60\]"),
         "empty": (np.zeros((1, 0, 60, 3), np.uint8), r"empty frame \(60x0 px\)"),
         "two frames": (np.zeros((2, 50, 60, 3), np.uint8), "one frame per request, got a batch of 2"),
         "over the limit": (np.zeros((1, 1500, 1400, 3), np.uint8), r"frame is 1400x1500 px, over the 2 MP limit"),
+        "mask format": ((good[None], "png"), "mask_format must be one of"),
     }
     c = grpcclient.InferenceServerClient(url)
     try:
         for name, (array, message) in server_side.items():
+            array, fmt = array if isinstance(array, tuple) else (array, None)
             inp = grpcclient.InferInput("image", list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
             inp.set_data_from_numpy(array)
+            inputs = [inp]
+            if fmt is not None:
+                inputs.append(grpcclient.InferInput("mask_format", [1, 1], "BYTES"))
+                inputs[-1].set_data_from_numpy(np.array([[fmt.encode()]], dtype=np.object_))
             with pytest.raises(Exception, match=message):
-                c.infer("boxinst_raw", [inp], client_timeout=30)
+                c.infer(model, inputs, client_timeout=30)
             assert len(client.segment(good)) == expected, f"server broken after {name}"
     finally:
         c.close()
+    if model == RAW_MODEL:
+        return  # the client-side checks do not depend on the model
     client_side = {  # refused before sending, with the same words
         "float32": (good.astype(np.float32), "must be RGB uint8 .* got dtype float32"),
         "RGBA": (np.zeros((50, 60, 4), np.uint8), "must have 3 channels .* got 4"),
@@ -404,10 +428,11 @@ def test_bad_raw_frames_are_refused_and_the_server_keeps_serving(served):
     for name, (array, message) in client_side.items():
         with pytest.raises(ValueError, match=message):
             client.segment(array)
-    with BoxInstClient(url, shared_memory=True) as shm:
-        with pytest.raises(BoxInstError, match="over the 2 MP limit"):
-            shm.segment(np.zeros((1500, 1400, 3), np.uint8))
-        assert len(shm.segment(good)) == expected  # the same slot serves the next frame
+    for raw_model in (FUSED_RAW_MODEL, RAW_MODEL):
+        with BoxInstClient(url, shared_memory=True, raw_model=raw_model) as shm:
+            with pytest.raises(BoxInstError, match="over the 2 MP limit"):
+                shm.segment(np.zeros((1500, 1400, 3), np.uint8))
+            assert len(shm.segment(good)) == expected  # the same slot serves the next frame
     assert len(client.segment(good)) == expected
 
 
@@ -490,17 +515,22 @@ def test_a_client_never_closed_cleans_up_at_interpreter_exit(served):
 def test_raw_ensemble_metadata_and_asyncio_raw_frames(served):
     c = grpcclient.InferenceServerClient(served["url"])
     meta = c.get_model_metadata("boxinst_raw", as_json=True)
+    fused = c.get_model_metadata(FUSED_RAW_MODEL, as_json=True)
     c.close()
     image = {i["name"]: i for i in meta["inputs"]}["image"]
     assert image["datatype"] == "UINT8" and image["shape"] == ["-1", "-1", "-1", "3"]
+    assert (fused["inputs"], fused["outputs"]) == (meta["inputs"], meta["outputs"])
     frames = _frames(served)[:2]
 
-    async def run():
-        async with AsyncBoxInstClient(served["url"]) as a:
-            return await a.segment_batch(frames)
+    async def run(raw_model):
+        async with AsyncBoxInstClient(served["url"], raw_model=raw_model) as a:
+            return await a.segment_batch(frames), a.raw_model
 
-    for got, frame in zip(asyncio.run(run()), frames):
-        assert_same(got, served["client"].segment(frame))
+    for raw_model, picked in ((None, FUSED_RAW_MODEL), (RAW_MODEL, RAW_MODEL)):
+        results, used = asyncio.run(run(raw_model))
+        assert used == picked
+        for got, frame in zip(results, frames):
+            assert_same(got, served["client"].segment(frame))
 
 
 def test_committed_raw_ensemble_chains_the_same_net_and_postprocess(served):
@@ -527,16 +557,25 @@ def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
                  "--frames", "160x120", "--image", str(served["images"][0]), "--iters", "2", "--warmup", "1",
                  "--json"]) == 0
     rows = __import__("json").loads(capsys.readouterr().out)["rows"]
-    assert [(r["input"], r["frame"], r["requests"]) for r in rows] == [("png", "160x120", 2), ("raw", "160x120", 2),
-                                                                      ("shm", "160x120", 2)]
+    assert main(["bench", "--url", served["url"], "--repository", str(served["repo"]), "--input", "raw",
+                 "--raw-model", RAW_MODEL, "--frames", "160x120", "--image", str(served["images"][0]),
+                 "--iters", "2", "--warmup", "1", "--json"]) == 0
+    rows += __import__("json").loads(capsys.readouterr().out)["rows"]
+    assert [(r["input"], r["model"], r["frame"], r["requests"]) for r in rows] == [
+        ("png", "boxinst", "160x120", 2), ("raw", FUSED_RAW_MODEL, "160x120", 2), ("shm", FUSED_RAW_MODEL, "160x120", 2),
+        ("raw", RAW_MODEL, "160x120", 2)]
     assert len({r["instances"] for r in rows}) == 1
     for r in rows:
         assert r["server_compute_ms"] > 0 and r["queue_ms"] >= 0 and r["in_process_p50_ms"] > 0
         assert r["ratio"] == pytest.approx(r["p50_ms"] / r["in_process_p50_ms"])
-        assert [s["model"] for s in r["steps"].values()] == [
-            "boxinst_preprocess" if r["input"] == "png" else "boxinst_preprocess_raw", "boxinst_net",
-            "boxinst_postprocess"]
-        assert all(s["server_ms"] > 0 and s["in_process_ms"] > 0 for s in r["steps"].values())
+        if r["model"] == FUSED_RAW_MODEL:  # one process: one step, against the whole in-process run
+            assert list(r["steps"]) == ["all"] and r["steps"]["all"]["model"] == FUSED_RAW_MODEL
+        else:
+            assert [s["model"] for s in r["steps"].values()] == [
+                "boxinst_preprocess" if r["input"] == "png" else "boxinst_preprocess_raw", "boxinst_net",
+                "boxinst_postprocess"]
+        assert all(s["server_ms"] > 0 and s["in_process_ms"] > 0 and 0 < s["infer_ms"] <= s["server_ms"]
+                   for s in r["steps"].values())
     assert not [n for n in registered_regions(served["client"]._client) if n.startswith("boxinst_")]
 
 

@@ -1,14 +1,13 @@
 """Triton Python-backend step 3: padded network outputs -> instances at the original resolution
 (boxinst_serve.postprocess.instances_for, the same code as in-process inference). `masks_rle`
 holds COCO RLE counts strings; `masks` is filled (uint8 0/1 [N, H, W]) only when mask_format is
-'bitmap', and empty [0, 0, 0] otherwise."""
+'bitmap', and empty [0, 0, 0] otherwise (boxinst_serve.serving.instance_outputs)."""
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.postprocess import instances_for
-from boxinst_serve.serving import ServingConfig, mask_format_of, meta_from_array, respond_each
+from boxinst_serve.serving import ServingConfig, instance_outputs, mask_format_of, meta_from_array, respond_each
 
 
 class TritonPythonModel:
@@ -23,23 +22,9 @@ class TritonPythonModel:
         fmt = mask_format_of(get("mask_format"))
         outputs = {"num_detections": get("det_num").reshape(-1), "boxes": get("det_boxes"),
                    "scores": get("det_scores"), "classes": get("det_classes"), "masks": get("det_masks")}
-        meta = meta_from_array(get("meta"))
-        inst = instances_for(self.cfg, outputs, 0, meta)
-        n = len(inst)
-        counts = np.array([r["counts"].encode("ascii") for r in inst.rle], dtype=np.object_)
-        if fmt == "bitmap":
-            masks = inst.masks.astype(np.uint8)
-        else:
-            masks = np.zeros((0, 0, 0), dtype=np.uint8)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("num_instances", np.array([[n]], dtype=np.int32)),
-            pb_utils.Tensor("boxes", inst.boxes.astype(np.float32).reshape(1, n, 4)),
-            pb_utils.Tensor("scores", inst.scores.astype(np.float32).reshape(1, n)),
-            pb_utils.Tensor("classes", inst.classes.astype(np.int32).reshape(1, n)),
-            pb_utils.Tensor("masks_rle", counts.reshape(1, n)),
-            pb_utils.Tensor("image_size", np.array([inst.image_size], dtype=np.int32)),
-            pb_utils.Tensor("masks", masks[None]),
-        ])
+        inst = instances_for(self.cfg, outputs, 0, meta_from_array(get("meta")))
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(k, v) for k, v in instance_outputs(inst, fmt).items()])
 
     def execute(self, requests):
         return respond_each(requests, self._one, pb_utils, "postprocess")

@@ -1,0 +1,32 @@
+"""Triton Python-backend `boxinst_raw_fused` for CPU-only servers: a raw RGB uint8 frame in, the
+`boxinst_raw` ensemble's outputs out, its three steps run in this one process
+(boxinst_serve.fused.FramePipeline: check_frame, letterbox, ONNX Runtime on boxinst_net's
+model.onnx, instances_for). A bad frame gets an error response naming the problem; the others
+are served. Written into the repository by `boxinst export --triton DIR --flavour cpu`."""
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from boxinst_serve.fused import FramePipeline
+from boxinst_serve.serving import instance_outputs, mask_format_of, respond_each
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v.get("string_value", "") for k, v in
+                  json.loads(args["model_config"]).get("parameters", {}).items()}
+        self.pipeline = FramePipeline.from_repository(
+            Path(args["model_repository"]).parent, threads=int(params.get("intra_op_threads") or 0),
+            spinning=params.get("intra_op_spinning", "1") not in ("0", "false"),
+            max_pixels=int(params.get("max_pixels") or 0) or None)
+
+    def _one(self, request):
+        fmt = pb_utils.get_input_tensor_by_name(request, "mask_format")
+        fmt = mask_format_of(None if fmt is None else fmt.as_numpy())
+        inst = self.pipeline(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(k, v) for k, v in instance_outputs(inst, fmt).items()])
+
+    def execute(self, requests):
+        return respond_each(requests, self._one, pb_utils, "boxinst_raw_fused")
