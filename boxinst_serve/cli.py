@@ -608,11 +608,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("make-shapes", help="write the synthetic shapes set (COCO json + PNGs)")
     s.add_argument("out")
     s.add_argument("--num-images", type=int, default=500)
@@ -623,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes attempted per image (default 1-6; above 6 they are drawn smaller to fit)")
     s.set_defaults(func=cmd_make_shapes)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("train", help="train BoxInst from a COCO json")
     s.add_argument("--data", required=True, help="COCO json with boxes (segmentations optional)")
     s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
@@ -681,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
+
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("import-weights", help="import an AdelaiDet BoxInst/CondInst checkpoint (the paper's models)")
     s.add_argument("source", help="AdelaiDet .pth file ({'model': state_dict} or a bare state dict)")
     s.add_argument("--out", required=True, help="this project's checkpoint to write (e.g. boxinst_r50.pt)")
@@ -688,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class names (json list or one per line; default: COCO's 80 for an 80-class model)")
     s.set_defaults(func=cmd_import_weights)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("eval", help="COCO bbox and mask AP of a checkpoint")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--data", required=True)
@@ -697,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("export", help="export a checkpoint to ONNX or a TensorRT plan")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
@@ -742,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask_branch_out; 'none': every convolution in INT8; default head_outputs,mask_branch_out)")
     s.set_defaults(func=cmd_export)
 
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
     s.add_argument("inputs", nargs="*", help="image files or folders")
     s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
@@ -756,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 
+
+def _add_video(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("video", help="segment videos (files, folders, globs, list files, camera index): jsonl per "
                                      "frame, overlay; --ray: on a Ray cluster")
     s.add_argument("input", nargs="+", help="video files, folders of videos, globs ('clips/**/*.mp4'), list files "
@@ -783,6 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--start-timeout", type=float, default=600.0, help="--ray: seconds for all workers to be up")
     s.set_defaults(func=cmd_video)
 
+
+def _add_annotate(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("annotate", help="pseudo-label masks for the boxes of a COCO json (auto-labelling)")
     s.add_argument("--data", required=True, help="COCO json with boxes")
     s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
@@ -795,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_annotate)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="serve a model repository with Triton (gRPC) until Ctrl-C")
     s.add_argument("--repository", default="model_repository")
     s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
@@ -806,6 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("bench", help="end-to-end latency of the torch and onnxruntime engines")
     s.add_argument("--checkpoint", default=None, help="weights (default: a freshly initialised --config)")
     s.add_argument("--config", default="lite")
@@ -852,12 +866,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=10.0, help="--url: seconds per concurrency level")
     s.set_defaults(func=cmd_bench)
 
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("info", help="parameter count and GFLOPs of a preset")
     s.add_argument("--config", default="r50_fpn")
     s.add_argument("--size", type=_size, default=(800, 1344), help="input HxW (multiples of 32)")
     s.add_argument("--num-classes", type=int, default=80)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="boxinst", description="BoxInst: instance segmentation trained from boxes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_make_shapes(sub)
+    _add_train(sub)
+    _add_import_weights(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_segment(sub)
+    _add_video(sub)
+    _add_annotate(sub)
+    _add_serve(sub)
+    _add_bench(sub)
+    _add_info(sub)
     return p
 
 
