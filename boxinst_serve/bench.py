@@ -81,17 +81,34 @@ def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters:
                          detections=float(np.mean(dets)))
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2")  # what ONNX Runtime's INT8 kernels use, best first
+
+
+def machine_description(cpuinfo: str | None = None) -> str:
+    """'<CPU model>, N logical CPUs, <vector ISA>': the ISA matters for INT8 (VNNI or not).
+    cpuinfo: /proc/cpuinfo's text (read when None)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            cpu = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    isa = [f for f in INT8_FLAGS if f in flags]
+    if not cpuinfo:
+        isa_text = ""
+    elif "avx512_vnni" in isa or "avx_vnni" in isa:
+        isa_text = ", VNNI (" + " ".join(isa) + ")"
+    else:
+        isa_text = ", no VNNI (" + (" ".join(isa) or "no AVX2") + ")"
+    return f"{cpu}, {os.cpu_count()} logical CPUs{isa_text}"
 
 
 def format_reports(reports: list[LatencyReport]) -> str:

@@ -50,3 +50,13 @@ def test_network_flops_grow_with_the_input_and_do_not_depend_on_weights():
 
 def test_dense_throughput_is_measured():
     assert dense_flops_per_s("cpu", n=256, seconds=0.2) > 1e8
+
+
+def test_machine_description_names_the_int8_instruction_set():
+    from boxinst_serve.bench import machine_description
+
+    vnni = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    avx2 = "processor\t: 0\nmodel name\t: EPYC\nflags\t\t: fpu sse avx2 fma\n"
+    assert machine_description(vnni).endswith("VNNI (avx512_vnni avx512f avx2)")
+    assert machine_description(vnni).startswith("Xeon, ")
+    assert machine_description(avx2).endswith("no VNNI (avx2)")
