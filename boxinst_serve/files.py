@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,3 +24,16 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = N
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(work: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Swap the finished folder `work` in as `final` (a sibling), replacing what is there: the old
+    folder is renamed aside first and removed last, so `final` is at every moment either the old
+    folder or the new one, never a half-written one (a crash in between leaves `.NAME.old` beside it)."""
+    work, final = Path(work), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(work, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from boxinst_serve.config import INPUT_NAME, ModelConfig
+from boxinst_serve.files import replace_dir
 from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
 from export.quantize import Int8Options
 
@@ -148,12 +149,7 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         serving = ServingConfig(model=cfg, canvas=canvas) if max_pixels is None else \
             ServingConfig(model=cfg, canvas=canvas, max_pixels=max_pixels)
         serving.save(work)
-        old = repository / f".{NET_MODEL}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     from export.triton_fused import remove_fused_raw, write_fused_raw

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from boxinst_serve.files import replace_dir
 from boxinst_serve.frames import FUSED_RAW_MODEL
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,12 @@ def write_fused_raw(repository: str | os.PathLike, max_batch_size: int = 8, intr
     repository = Path(repository)
     final = repository / FUSED_RAW_MODEL
     work = repository / f".{FUSED_RAW_MODEL}.tmp"
-    old = repository / f".{FUSED_RAW_MODEL}.old"
     shutil.rmtree(work, ignore_errors=True)
     try:
         (work / "1").mkdir(parents=True)
         shutil.copyfile(MODEL_TEMPLATE, work / "1" / "model.py")
         (work / "config.pbtxt").write_text(fused_raw_config(max_batch_size, intra_op_threads, intra_op_spinning))
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s (raw frames in one process)", final)

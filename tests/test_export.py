@@ -143,3 +143,21 @@ def test_segment_gives_the_same_instances_with_onnx_and_checkpoint(exported, tin
         np.testing.assert_allclose(ra["bbox"], rb["bbox"], rtol=1e-3, atol=1e-2)
         iou = mask_utils.iou([rb["segmentation"]], [ra["segmentation"]], [0])[0, 0]
         assert iou >= 0.99 or mask_utils.area(ra["segmentation"]) == 0
+
+
+def test_replace_dir_swaps_a_folder_in_whole(tmp_path):
+    from boxinst_serve.files import replace_dir
+
+    final = tmp_path / "boxinst_net"
+    (final / "1").mkdir(parents=True)
+    (final / "1" / "old.txt").write_text("old")
+    work = tmp_path / ".boxinst_net.tmp"
+    (work / "1").mkdir(parents=True)
+    (work / "1" / "new.txt").write_text("new")
+    replace_dir(work, final)
+    assert sorted(p.name for p in (final / "1").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxinst_net"]  # neither the work nor the old folder left
+    work.mkdir()
+    (work / "x").write_text("x")
+    replace_dir(work, tmp_path / "fresh")  # nothing there before
+    assert (tmp_path / "fresh" / "x").read_text() == "x"
