@@ -98,7 +98,7 @@ def test_hole_lines_check_the_other_categories():
     c = _cat_row("(c)", 50.0, dict(zip(CATS, (80, 70, 55, 19, 50, 55, 40))), 0.99)
     h = _cat_row("(h)", 52.0, dict(zip(CATS, (80, 69, 55, 40, 49, 55, 40))), 0.30)
     text = "\n".join(ablation.hole_lines({"c_boxinst_tau0.3": c, "h_boxinst_holes": h}))
-    assert "other categories: -0.3 AP (target: no drop of more than 1 point: holds)" in text
+    assert "(h): other categories -0.3 AP (target: no drop of more than 1 point: holds)" in text
     assert "ring +21.0 AP, hole fill 0.99 -> 0.30" in text
 
 

@@ -79,6 +79,11 @@ class LossConfig:
     hole_loss_weight: float = 0.0
     hole_color_thresh: float = 0.1
     hole_margin: int = 2
+    # Iteration (of the reference schedule, scaled like the warm-ups) from which the hole loss
+    # applies. Measured: from iteration 0 the dynamic heads learn "the middle of a box is
+    # background" before they can tell colours apart, and every mask collapses to an L along two
+    # box edges, which still satisfies the projection term (docs/results.md).
+    hole_loss_start_iters: int = 0
 
     def __post_init__(self) -> None:
         self.mask_classes = tuple(self.mask_classes)
@@ -128,7 +133,8 @@ class TrainConfig:
         """The reference schedule scaled to `iters` (warm-ups and steps keep their proportions)."""
         f = iters / REFERENCE_ITERS
         loss = overrides.pop("loss", LossConfig())
-        loss = dataclasses.replace(loss, pairwise_warmup_iters=max(1, round(loss.pairwise_warmup_iters * f)))
+        loss = dataclasses.replace(loss, pairwise_warmup_iters=max(1, round(loss.pairwise_warmup_iters * f)),
+                                   hole_loss_start_iters=round(loss.hole_loss_start_iters * f))
         base = cls(iters=iters, warmup_iters=max(1, round(1000 * f)), loss=loss,
                    checkpoint_period=max(1, min(5000, iters // 5)))
         return dataclasses.replace(base, **overrides)

@@ -126,7 +126,7 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
                 losses["loss_pairwise"] = warm * pairwise_loss(
                     lg, sim[sel_b[box_idx]], bm, loss_cfg.pairwise_color_thresh,
                     loss_cfg.pairwise_size, loss_cfg.pairwise_dilation)
-                if loss_cfg.hole_loss_weight > 0:
+                if loss_cfg.hole_loss_weight > 0 and iteration >= loss_cfg.hole_loss_start_iters:
                     start = stride // 2
                     holes = enclosed_background_targets(lab, bm, sel_b[box_idx], valid[:, start::stride, start::stride],
                                                         loss_cfg.hole_margin, loss_cfg.pairwise_theta,
