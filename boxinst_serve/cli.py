@@ -277,7 +277,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from boxinst_serve.server import TritonServer, serve_forever
+    from boxinst_serve.tritonserver import TritonServer, serve_forever
 
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)

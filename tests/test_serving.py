@@ -29,7 +29,7 @@ from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: 
 from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
 from boxinst_serve.postprocess import to_instances  # noqa: E402
 from boxinst_serve.preprocess import decode_image  # noqa: E402
-from boxinst_serve.server import free_port  # noqa: E402
+from boxinst_serve.tritonserver import free_port  # noqa: E402
 from boxinst_serve.serving import ServingConfig, letterbox  # noqa: E402
 from boxinst_serve.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
 

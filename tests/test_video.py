@@ -175,7 +175,7 @@ def server_url(trained_lite, onnx_model, tmp_path_factory):
     pytest.importorskip("tritonclient.grpc")
     from export.triton import write_triton_net
 
-    from boxinst_serve.server import TritonServer, free_port
+    from boxinst_serve.tritonserver import TritonServer, free_port
 
     repo = tmp_path_factory.mktemp("video_serving") / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_net*"))
