@@ -113,3 +113,19 @@ def test_semi_supervised_and_hole_variants_run_from_the_shared_detector(tmp_path
     assert json.loads((out / "h_boxinst_holes" / "config.json").read_text())["train"]["loss"]["hole_loss_weight"] == 1.0
     with pytest.raises(ValueError, match="--extra"):
         ablation.main(["--out", str(out), "--extra", "everything"])
+
+
+def test_only_takes_set_names_and_refuses_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"--only \['split9_none'\]"):
+        ablation.main(["--out", str(tmp_path / "x"), "--only", "semi,split9_none"])
+    with pytest.raises(ValueError, match=r"--extra \['hole'\]"):
+        ablation.main(["--out", str(tmp_path / "x"), "--extra", "hole"])
+    assert not (tmp_path / "x").exists()  # refused before any data or training
+
+
+def test_select_variants_expands_set_names():
+    keys = [v.key for v in ablation.select_variants("c_boxinst_tau0.3,semi,holes")]
+    assert keys[0] == "c_boxinst_tau0.3" and len(keys) == 1 + 6 + len(ablation.HOLE_VARIANTS)
+    assert {"split1_none", "split2_boxinst", "h_boxinst_holes_late"} <= set(keys)
+    assert [v.key for v in ablation.select_variants()] == [v.key for v in ablation.VARIANTS]
+    assert len(ablation.select_variants(extra="semi")) == len(ablation.VARIANTS) + 6

@@ -2,7 +2,7 @@
 
     python -m training.ablation --out outputs/ablation [--pretrain-iters P] [--iters N]
     python -m training.ablation --out outputs/ablation_4800 --iters 4800 --shared outputs/ablation
-    python -m training.ablation --out outputs/ablation_4800 --iters 4800 --shared outputs/ablation --extra semi,holes
+    python -m training.ablation --out outputs/ablation_1200 --shared outputs/ablation --only c_boxinst_tau0.3,semi,holes
 
 Protocol. The paper starts every variant from the same ImageNet-pretrained backbone. Nothing may
 be downloaded here, so the shared starting point is a `lite` detector trained once from scratch on
@@ -158,6 +158,22 @@ def hole_lines(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
+def select_variants(only: str = "", extra: str = "") -> list[Variant]:
+    """The variants a run trains, in training order: the six of Table 1a plus the sets named in
+    `extra` (comma-separated: semi, holes), or, with `only`, just those keys and sets."""
+    unknown = sorted(set(extra.split(",")) - set(EXTRA) - {""})
+    if unknown:
+        raise ValueError(f"--extra {unknown}: choose from {sorted(EXTRA)}")
+    if not only:
+        return list(VARIANTS) + [v for name in extra.split(",") if name for v in EXTRA[name]]
+    wanted = {k for name in only.split(",") for k in ([v.key for v in EXTRA[name]] if name in EXTRA else [name])}
+    known = [*VARIANTS, *SEMI_VARIANTS, *HOLE_VARIANTS]
+    unknown = sorted(wanted - {v.key for v in known})
+    if unknown:
+        raise ValueError(f"--only {unknown}: choose from {[v.key for v in known]} or a set {sorted(EXTRA)}")
+    return [v for v in known if v.key in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/ablation")
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", default="", help="comma-separated variant keys")
+    p.add_argument("--only", default="", help="comma-separated variant keys or set names (semi, holes): run only "
+                                              "these, e.g. c_boxinst_tau0.3,semi,holes")
     p.add_argument("--extra", default="", help="also run these sets: semi (the paper's Table 6 on two class "
                                                "splits), holes (the enclosed-background loss); e.g. semi,holes")
     p.add_argument("--shared", default="",
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         "outputs/ablation) instead of making them, so another schedule starts from the same point")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    variants = select_variants(args.only, args.extra)
     if args.threads > 0:
         import torch
 
@@ -211,12 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data / "val.json"))
     rows = {}
-    unknown = sorted(set(args.extra.split(",")) - set(EXTRA) - {""})
-    if unknown:
-        raise ValueError(f"--extra {unknown}: choose from {sorted(EXTRA)}")
-    variants = list(VARIANTS) + [v for name in args.extra.split(",") if name for v in EXTRA[name]]
-    if args.only:  # any known variant by key, the extra sets' included
-        variants = [v for v in (*VARIANTS, *SEMI_VARIANTS, *HOLE_VARIANTS) if v.key in args.only.split(",")]
     for v in variants:
         run = out / v.key
         result = run / "eval.json"
