@@ -55,12 +55,17 @@ def test_the_loss_pushes_the_hole_towards_background_only():
     lab, box = _scene(_ring)
     holes = enclosed_background_targets(lab, box, torch.tensor([0]), torch.ones(1, 32, 32, dtype=torch.bool))
     logits = torch.zeros(1, 1, 32, 32, requires_grad=True)
-    loss = hole_loss(logits, holes)
-    assert loss.detach().item() == pytest.approx(np.log(2.0), rel=1e-5)  # -log(1 - 0.5) on every hole pixel
+    loss = hole_loss(logits, holes, box)
+    # -log(1 - 0.5) on every hole pixel, summed, over the box's pixels
+    assert loss.detach().item() == pytest.approx(np.log(2.0) * holes.sum().item() / box.sum().item(), rel=1e-5)
     loss.backward()
     assert (logits.grad[holes] > 0).all() and (logits.grad[~holes] == 0).all()
-    no_holes = hole_loss(logits, torch.zeros_like(holes))
+    no_holes = hole_loss(logits, torch.zeros_like(holes), box)
     assert no_holes.detach().item() == 0.0 and no_holes.requires_grad
+    mean = hole_loss(logits, holes, normalize="holes")  # the mean over hole pixels
+    assert mean.detach().item() == pytest.approx(np.log(2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="needs box_masks"):
+        hole_loss(logits, holes)
 
 
 def test_the_hole_term_is_off_by_default_and_joins_the_losses_when_asked(tiny_shapes):

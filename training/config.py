@@ -84,6 +84,9 @@ class LossConfig:
     # background" before they can tell colours apart, and every mask collapses to an L along two
     # box edges, which still satisfies the projection term (docs/results.md).
     hole_loss_start_iters: int = 0
+    # What the summed hole loss is divided by: "box" (all box pixels, as the pairwise term) or
+    # "holes" (the hole pixels: their mean; measured to collapse every mask, docs/results.md).
+    hole_normalize: str = "box"
 
     def __post_init__(self) -> None:
         self.mask_classes = tuple(self.mask_classes)
@@ -91,6 +94,8 @@ class LossConfig:
             raise ValueError("mask_classes needs supervision 'mixed'")
         if self.supervision not in SUPERVISION_MODES:
             raise ValueError(f"supervision must be one of {SUPERVISION_MODES}, got {self.supervision!r}")
+        if self.hole_normalize not in ("box", "holes"):
+            raise ValueError(f"hole_normalize must be 'box' or 'holes', got {self.hole_normalize!r}")
         if self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
 

@@ -131,5 +131,5 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
                     holes = enclosed_background_targets(lab, bm, sel_b[box_idx], valid[:, start::stride, start::stride],
                                                         loss_cfg.hole_margin, loss_cfg.pairwise_theta,
                                                         loss_cfg.hole_color_thresh)
-                    losses["loss_hole"] = loss_cfg.hole_loss_weight * warm * hole_loss(lg, holes)
+                    losses["loss_hole"] = loss_cfg.hole_loss_weight * warm * hole_loss(lg, holes, bm, loss_cfg.hole_normalize)
     return losses

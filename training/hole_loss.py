@@ -11,7 +11,9 @@ ring cuts off from the outside of the box. This term gives such pixels a backgro
 3. Enclosed: of those, the ones not connected to the box's border through background-like pixels
    (4-connectivity). Background that reaches the border is the pairwise term's business; what is
    left is background seen through a hole of the object.
-4. The loss: -log(1 - p) over the enclosed pixels, divided by their number (clamped to >= 1).
+4. The loss: -log(1 - p) summed over the enclosed pixels, divided by the number of box pixels
+   (`hole_loss`; dividing by the number of enclosed pixels instead weighs each of them so much
+   that the masks of every category collapse to outlines, docs/results.md).
 
 The targets carry no gradient and use the same pooled L*a*b* image as the pairwise term.
 """
@@ -74,8 +76,21 @@ def enclosed_background_targets(lab: Tensor, box_masks: Tensor, image_index: Ten
     return torch.stack(out)[:, None] if out else torch.zeros_like(box_masks, dtype=torch.bool)
 
 
-def hole_loss(mask_logits: Tensor, holes: Tensor) -> Tensor:
-    """mask_logits ``[N, 1, h, w]``, holes ``[N, 1, h, w]`` bool -> the mean of -log(1 - p) over
-    the hole pixels (a zero that carries grad when there are none)."""
+HOLE_NORMALIZERS = ("box", "holes")
+
+
+def hole_loss(mask_logits: Tensor, holes: Tensor, box_masks: Tensor | None = None, normalize: str = "box") -> Tensor:
+    """mask_logits ``[N, 1, h, w]``, holes ``[N, 1, h, w]`` bool, box_masks ``[N, 1, h, w]`` ->
+    the sum of -log(1 - p) over the hole pixels divided by (normalize) "box": the number of box
+    pixels of all N instances (each hole pixel weighs what one pixel pair weighs in the pairwise
+    term), or "holes": the number of hole pixels (their mean; measured to collapse every mask to
+    an outline, docs/results.md). A zero that carries grad when there are no holes."""
+    if normalize not in HOLE_NORMALIZERS:
+        raise ValueError(f"normalize must be one of {HOLE_NORMALIZERS}, got {normalize!r}")
     weights = holes.to(mask_logits.dtype)
-    return (-F.logsigmoid(-mask_logits) * weights).sum() / weights.sum().clamp(min=1.0)
+    total = (-F.logsigmoid(-mask_logits) * weights).sum()
+    if normalize == "holes":
+        return total / weights.sum().clamp(min=1.0)
+    if box_masks is None:
+        raise ValueError("normalize='box' needs box_masks")
+    return total / box_masks.to(mask_logits.dtype).sum().clamp(min=1.0)
