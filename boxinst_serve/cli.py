@@ -645,7 +645,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "(the paper's semi-supervised setting)")
     s.add_argument("--hole-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="opt-in loss giving background seen through an object's hole a signal from boxes alone "
-                        "(training/hole_loss.py; 0: off, the paper's BoxInst)")
+                        "(training/hole_loss.py; from a third of the schedule on; measured recipe: 1.0; 0: off, the "
+                        "paper's BoxInst)")
     s.add_argument("--topk-proposals", type=int, default=64, help="mask-loss instances per image")
     s.add_argument("--min-sizes", type=_ints, default=None,
                    help="training short sides, e.g. 640,672,704 (default: the test short side and the 32-px "

@@ -80,13 +80,14 @@ def test_the_hole_term_is_off_by_default_and_joins_the_losses_when_asked(tiny_sh
     model = build_model(cfg).train()
     torch.manual_seed(0)
     assert "loss_hole" not in compute_losses(model(batch["images"]), batch, cfg, LossConfig(), 10)
-    losses = compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0), 10)
+    losses = compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=0), 10)
     assert "loss_hole" in losses and torch.isfinite(losses["loss_hole"])
     # before its start iteration the hole term is a zero (logged, no push on the masks)
     late = LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=100)
     before = compute_losses(model(batch["images"]), batch, cfg, late, 99)["loss_hole"]
     assert float(before) == 0.0
-    on = float(compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0), 100)["loss_hole"])
+    on = float(compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=0),
+                              100)["loss_hole"])
     assert on > 0.0  # the batch has an enclosed hole, so the check above could fail
     assert float(compute_losses(model(batch["images"]), batch, cfg, late, 100)["loss_hole"]) == pytest.approx(on)
 
@@ -96,7 +97,8 @@ def test_hole_loss_start_scales_with_the_schedule():
 
     cfg = TrainConfig.scaled(1200, loss=LossConfig(hole_loss_weight=0.25, hole_loss_start_iters=REFERENCE_ITERS // 3))
     assert cfg.loss.hole_loss_start_iters == 400
-    assert TrainConfig.scaled(1200).loss.hole_loss_start_iters == 0
+    assert TrainConfig.scaled(1200).loss.hole_loss_start_iters == 400  # the default: a third of the schedule
+    assert TrainConfig.scaled(1200, loss=LossConfig(hole_loss_start_iters=0)).loss.hole_loss_start_iters == 0
 
 
 def test_group_b_never_reads_a_mask(tiny_shapes, tmp_path):

@@ -63,12 +63,13 @@ SEMI_VARIANTS = tuple(
     for split, group in SPLITS.items() for box_loss, label in SEMI_LOSSES)
 # Beyond the paper: BoxInst (tau 0.3) with the opt-in loss for enclosed background.
 HOLE_VARIANTS = (Variant("h_boxinst_holes", "(c) tau 0.3 + hole loss, mean over hole pixels, weight 1, from the start",
-                         LossConfig(pairwise_color_thresh=0.3, hole_loss_weight=1.0, hole_normalize="holes")),
-                 # the first one collapses every mask to an outline (docs/results.md): later and lighter
+                         LossConfig(pairwise_color_thresh=0.3, hole_loss_weight=1.0, hole_normalize="holes",
+                                    hole_loss_start_iters=0)),
+                 # that one collapses every mask to an outline (docs/results.md); so does this one, later and lighter
                  Variant("h_boxinst_holes_late", "(c) tau 0.3 + hole loss, mean over hole pixels, weight 0.25, from 1/3",
                          LossConfig(pairwise_color_thresh=0.3, hole_loss_weight=0.25, hole_normalize="holes",
                                     hole_loss_start_iters=REFERENCE_ITERS // 3)),
-                 # so does that one: each hole pixel weighed as one pixel of the boxes, as in the pairwise term
+                 # the working recipe (LossConfig's defaults): each hole pixel weighs as one box pixel, from 1/3
                  Variant("h_boxinst_holes_box", "(c) tau 0.3 + hole loss over box pixels, weight 1, from 1/3",
                          LossConfig(pairwise_color_thresh=0.3, hole_loss_weight=1.0, hole_normalize="box",
                                     hole_loss_start_iters=REFERENCE_ITERS // 3)))
