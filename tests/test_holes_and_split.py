@@ -80,16 +80,19 @@ def test_the_hole_term_is_off_by_default_and_joins_the_losses_when_asked(tiny_sh
     model = build_model(cfg).train()
     torch.manual_seed(0)
     assert "loss_hole" not in compute_losses(model(batch["images"]), batch, cfg, LossConfig(), 10)
-    losses = compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=0), 10)
+    always = LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=0)
+    losses = compute_losses(model(batch["images"]), batch, cfg, always, 10)
     assert "loss_hole" in losses and torch.isfinite(losses["loss_hole"])
     # before its start iteration the hole term is a zero (logged, no push on the masks)
     late = LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=100)
-    before = compute_losses(model(batch["images"]), batch, cfg, late, 99)["loss_hole"]
-    assert float(before.detach()) == 0.0
-    on = float(compute_losses(model(batch["images"]), batch, cfg, LossConfig(hole_loss_weight=1.0, hole_loss_start_iters=0),
-                              100)["loss_hole"])
+
+    def hole(loss_cfg: LossConfig, iteration: int) -> float:
+        return compute_losses(model(batch["images"]), batch, cfg, loss_cfg, iteration)["loss_hole"].item()
+
+    assert hole(late, 99) == 0.0
+    on = hole(always, 100)
     assert on > 0.0  # the batch has an enclosed hole, so the check above could fail
-    assert float(compute_losses(model(batch["images"]), batch, cfg, late, 100)["loss_hole"]) == pytest.approx(on)
+    assert hole(late, 100) == pytest.approx(on)
 
 
 def test_hole_loss_start_scales_with_the_schedule():
