@@ -10,6 +10,7 @@ SUPERVISION_MODES = ("box", "mask", "mixed")
 # (ablation), dice against the filled box (the paper's naive baseline), or not at all ("none":
 # detection losses only, for the ablation's shared detector pre-training).
 BOX_LOSSES = ("boxinst", "projection", "filled_box", "none")
+HOLE_NORMALIZERS = ("box", "holes")  # what the hole loss is divided by (training/hole_loss.py)
 
 # The paper's COCO schedule: 90k iterations, warm-up 1000, steps at 60k and 80k, pairwise warm-up 10k.
 REFERENCE_ITERS = 90000
@@ -95,8 +96,8 @@ class LossConfig:
             raise ValueError("mask_classes needs supervision 'mixed'")
         if self.supervision not in SUPERVISION_MODES:
             raise ValueError(f"supervision must be one of {SUPERVISION_MODES}, got {self.supervision!r}")
-        if self.hole_normalize not in ("box", "holes"):
-            raise ValueError(f"hole_normalize must be 'box' or 'holes', got {self.hole_normalize!r}")
+        if self.hole_normalize not in HOLE_NORMALIZERS:
+            raise ValueError(f"hole_normalize must be one of {HOLE_NORMALIZERS}, got {self.hole_normalize!r}")
         if self.box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from training.config import HOLE_NORMALIZERS
+
 
 def enclosed_background(lab: Tensor, box_mask: Tensor, valid: Tensor, margin: int = 2, theta: float = 2.0,
                         thresh: float = 0.1) -> Tensor:
@@ -74,9 +76,6 @@ def enclosed_background_targets(lab: Tensor, box_masks: Tensor, image_index: Ten
         out = [enclosed_background(lab[b], m[0] > 0, valid[b], margin, theta, thresh)
                for m, b in zip(box_masks, image_index.tolist())]
     return torch.stack(out)[:, None] if out else torch.zeros_like(box_masks, dtype=torch.bool)
-
-
-HOLE_NORMALIZERS = ("box", "holes")
 
 
 def hole_loss(mask_logits: Tensor, holes: Tensor, box_masks: Tensor | None = None, normalize: str = "box") -> Tensor:
