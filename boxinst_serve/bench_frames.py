@@ -31,6 +31,7 @@ import numpy as np
 
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.fused import STAGES, FramePipeline
+from boxinst_serve.serving import model_parameters, onnxruntime_settings
 
 INPUTS = ("png", "raw", "shm")
 
@@ -96,12 +97,10 @@ def served_engine_settings(url: str) -> dict:
 
     c = grpcclient.InferenceServerClient(url)
     try:
-        params = c.get_model_config("boxinst_net", as_json=True)["config"].get("parameters", {})
+        config = c.get_model_config("boxinst_net", as_json=True)["config"]
     finally:
         c.close()
-    value = {k: v.get("string_value", "") for k, v in params.items()}
-    return {"threads": int(value.get("intra_op_threads") or 0),
-            "spinning": value.get("intra_op_spinning", "1") not in ("0", "false")}
+    return onnxruntime_settings(model_parameters(config))
 
 
 def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool = True):

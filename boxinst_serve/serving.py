@@ -132,6 +132,26 @@ def instance_outputs(inst: Any, mask_format: str) -> dict[str, np.ndarray]:
             "masks": masks[None]}
 
 
+def model_parameters(model_config: dict) -> dict[str, str]:
+    """A Triton model config's parameters (the config as JSON: initialize()'s
+    json.loads(args["model_config"]), or the client's get_model_config(as_json=True)["config"])
+    as {key: string_value}. The export writes them (export/triton.py, export/triton_fused.py)."""
+    return {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
+
+
+def onnxruntime_settings(params: dict[str, str]) -> dict[str, Any]:
+    """{"threads": int (0: ONNX Runtime's default), "spinning": bool} from model_parameters(): how
+    the CPU models run ONNX Runtime (spinning unless the parameter says "0" or "false")."""
+    return {"threads": int(params.get("intra_op_threads") or 0),
+            "spinning": params.get("intra_op_spinning", "1") not in ("0", "false")}
+
+
+def max_pixels_parameter(params: dict[str, str]) -> int | None:
+    """The frame-size limit of a step's config parameter "max_pixels" (None where it is 0 or
+    absent: the ServingConfig's limit applies)."""
+    return int(params.get("max_pixels") or 0) or None
+
+
 def respond_each(requests: list, handle, pb_utils, step: str) -> list:
     """The Python-backend steps' execute(): one response per request, `handle(request)` or, if it
     raises, an error response naming the step and the problem, so one bad request never fails the

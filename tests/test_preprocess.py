@@ -214,3 +214,17 @@ def test_boxes_empty_after_clipping_are_dropped_where_the_config_says():
     assert len(to_instances(outputs, 0, meta)) == 2
     kept = instances_for(_adelaidet_like(), outputs, 0, meta)
     assert len(kept) == 1 and kept.classes.tolist() == [1] and len(kept.rle) == 1
+
+
+def test_model_parameters_as_the_cpu_steps_read_them():
+    from boxinst_serve.serving import max_pixels_parameter, model_parameters, onnxruntime_settings
+
+    config = {"parameters": {"intra_op_threads": {"string_value": "3"}, "intra_op_spinning": {"string_value": "0"},
+                             "max_pixels": {"string_value": "0"}}}
+    params = model_parameters(config)
+    assert params == {"intra_op_threads": "3", "intra_op_spinning": "0", "max_pixels": "0"}
+    assert onnxruntime_settings(params) == {"threads": 3, "spinning": False}
+    assert max_pixels_parameter(params) is None  # 0: the serving config's limit
+    assert max_pixels_parameter({"max_pixels": "1000"}) == 1000
+    assert onnxruntime_settings(model_parameters({})) == {"threads": 0, "spinning": True}  # ONNX Runtime's defaults
+    assert onnxruntime_settings({"intra_op_spinning": "false"})["spinning"] is False

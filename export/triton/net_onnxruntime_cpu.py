@@ -11,15 +11,14 @@ import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.config import OUTPUT_NAMES
 from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+from boxinst_serve.serving import model_parameters, onnxruntime_settings
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = json.loads(args["model_config"]).get("parameters", {})
-        threads = int(params.get("intra_op_threads", {}).get("string_value", "0") or 0)
-        spinning = params.get("intra_op_spinning", {}).get("string_value", "1") not in ("0", "false")
+        settings = onnxruntime_settings(model_parameters(json.loads(args["model_config"])))
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.engine = OnnxRuntimeEngine(path, provider="cpu", threads=threads, spinning=spinning)
+        self.engine = OnnxRuntimeEngine(path, provider="cpu", **settings)
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]

@@ -9,17 +9,16 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.fused import FramePipeline
-from boxinst_serve.serving import instance_outputs, mask_format_of, respond_each
+from boxinst_serve.serving import (instance_outputs, mask_format_of, max_pixels_parameter, model_parameters,
+                                   onnxruntime_settings, respond_each)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v.get("string_value", "") for k, v in
-                  json.loads(args["model_config"]).get("parameters", {}).items()}
-        self.pipeline = FramePipeline.from_repository(
-            Path(args["model_repository"]).parent, threads=int(params.get("intra_op_threads") or 0),
-            spinning=params.get("intra_op_spinning", "1") not in ("0", "false"),
-            max_pixels=int(params.get("max_pixels") or 0) or None)
+        params = model_parameters(json.loads(args["model_config"]))
+        self.pipeline = FramePipeline.from_repository(Path(args["model_repository"]).parent,
+                                                      **onnxruntime_settings(params),
+                                                      max_pixels=max_pixels_parameter(params))
 
     def _one(self, request):
         fmt = pb_utils.get_input_tensor_by_name(request, "mask_format")

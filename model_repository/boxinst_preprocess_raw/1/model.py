@@ -7,15 +7,15 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.frames import check_frame
-from boxinst_serve.serving import ServingConfig, letterbox, meta_to_array, respond_each
+from boxinst_serve.serving import (ServingConfig, letterbox, max_pixels_parameter, meta_to_array, model_parameters,
+                                   respond_each)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         repository = Path(args["model_repository"]).parent
         self.serving = ServingConfig.load(repository)
-        params = json.loads(args["model_config"]).get("parameters", {})
-        limit = int(params.get("max_pixels", {}).get("string_value", "0") or 0)
+        limit = max_pixels_parameter(model_parameters(json.loads(args["model_config"])))
         self.max_pixels = limit or self.serving.max_pixels
 
     def _one(self, request):
