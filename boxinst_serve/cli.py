@@ -556,10 +556,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     quantize_exported(exported_onnx(), Int8Options(args.calibration, args.calibration_images),
                                       int8_path)
                 else:  # speed does not depend on the ranges: min-max ranges of the benchmark image itself
-                    from boxinst_serve.preprocess import prepare_batch
+                    from boxinst_serve.preprocess import prepare_for
 
-                    cfg = load_engine(exported_onnx()).config
-                    batch, _ = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+                    batch, _ = prepare_for(load_engine(exported_onnx()).config, [image])
                     quantize_onnx(exported_onnx(), [batch], int8_path, method="minmax",
                                   calibration_info={"data": "the benchmark image"})
                 engine = load_engine(int8_path, device=args.device, threads=args.threads)

@@ -61,17 +61,20 @@ def calibration_files(data_json: str | os.PathLike, images_dir: str | os.PathLik
 
 def _onto_canvas(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> uint8 [Hc, Wc, 3]: resized as in serving (shorter side min_size_test,
-    longer at most max_size_test), scaled down further only if it still does not fit the canvas
-    (a portrait image on a landscape canvas), zero-padded at the bottom/right."""
+    longer at most max_size_test, with the config's resize mode), scaled down further only if it
+    still does not fit the canvas (a portrait image on a landscape canvas), padded at the
+    bottom/right with the model's padding colour (serving.letterbox, on one fixed canvas)."""
+    from boxinst_serve.config import pad_value
     from boxinst_serve.preprocess import resize_image
 
     ch, cw = canvas
-    r = resize_image(image, cfg.min_size_test, cfg.max_size_test)
+    r = resize_image(image, cfg.min_size_test, cfg.max_size_test, cfg.resize)
     if r.shape[0] > ch or r.shape[1] > cw:
         h, w = image.shape[:2]
         s = min(ch / h, cw / w)
-        r = resize_image(image, max(1, int(min(h, w) * s)), max(1, int(max(h, w) * s)))
-    out = np.zeros((ch, cw, 3), dtype=np.uint8)
+        r = resize_image(image, max(1, int(min(h, w) * s)), max(1, int(max(h, w) * s)), cfg.resize)
+    out = np.empty((ch, cw, 3), dtype=np.uint8)
+    out[...] = np.asarray(pad_value(cfg), dtype=np.uint8)
     out[: r.shape[0], : r.shape[1]] = r
     return out
 
@@ -79,7 +82,8 @@ def _onto_canvas(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -
 @dataclass
 class CalibrationImages:
     """Network inputs for calibration: iterating yields uint8 [batch, H, W, 3] arrays (the network
-    contract's `images`), pre-processed with the model config's test sizes.
+    contract's `images`), pre-processed as the model config says (test sizes, resize mode,
+    padding colour).
 
     canvas: None pads each batch to a multiple of size_divisibility (as the in-process engines do);
     (H, W) letterboxes every image onto that fixed canvas (TensorRT calibrates at one shape: its
@@ -103,13 +107,13 @@ class CalibrationImages:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        from boxinst_serve.preprocess import prepare_batch, read_image
+        from boxinst_serve.preprocess import prepare_for, read_image
 
         cfg = self.config
         for b in range(len(self)):
             images = [read_image(f) for f in self.files[b * self.batch_size:(b + 1) * self.batch_size]]
-            if self.canvas is None:
-                batch, _ = prepare_batch(images, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
+            if self.canvas is None:  # exactly what the engines see at inference
+                batch, _ = prepare_for(cfg, images)
             else:
                 batch = np.stack([_onto_canvas(im, cfg, self.canvas) for im in images])
             yield batch

@@ -110,6 +110,24 @@ def test_calibration_images_are_the_serving_preprocessing_of_the_json_images(tin
     assert len(batches) == 1 and batches[0].shape == (2, 128, 192, 3) and batches[0].dtype == np.uint8
 
 
+def test_calibration_follows_the_model_configs_resize_and_padding(tiny_shapes):
+    """An imported AdelaiDet model resizes with detectron2's arithmetic and pads with the mean
+    colour: its calibration images must be what its engines see (prepare_for, serving.letterbox)."""
+    from boxinst_serve.config import lite
+    from boxinst_serve.preprocess import prepare_for
+    from boxinst_serve.serving import letterbox
+    from export.calibration import CalibrationImages
+
+    cfg = lite(num_classes=7).replace(min_size_test=100, max_size_test=160, pad_with_mean=True, resize="detectron2")
+    images = CalibrationImages.from_coco(tiny_shapes["train"], cfg, num_images=2)
+    for f, batch in zip(images.files, images):
+        expected, _ = prepare_for(cfg, [read_image(f)])
+        np.testing.assert_array_equal(batch, expected)
+    fixed = CalibrationImages(images.files, cfg, batch_size=2, canvas=(128, 192), drop_last=True)
+    expected = np.stack([letterbox(read_image(f), cfg, (128, 192))[0] for f in images.files])  # square: fits
+    np.testing.assert_array_equal(next(iter(fixed)), expected)
+
+
 # -- the INT8 graph ------------------------------------------------------------------------------
 
 def test_int8_graph_keeps_the_network_contract(exported, quantized, tiny_shapes):
@@ -271,3 +289,36 @@ def test_tensorrt_int8_without_calibration_is_a_clear_error(tmp_path, capsys):
     rc = main(["export", "--checkpoint", "unused.pt", "--format", "tensorrt", "--int8", "--out", str(tmp_path)])
     assert rc == 2
     assert "--int8 needs --calibration DATA.json" in capsys.readouterr().err
+
+
+def test_int8_accuracy_feeds_engines_what_serving_feeds_them(tiny_shapes):
+    """engine_predictions pre-processes as the model config says (here mean-colour padding and
+    detectron2's resize, as an imported AdelaiDet model), like every inference path."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from boxinst_serve.config import lite
+    from boxinst_serve.preprocess import prepare_for
+    from training.int8_accuracy import engine_predictions
+
+    cfg = lite(num_classes=7).replace(min_size_test=100, max_size_test=150, pad_with_mean=True, resize="detectron2")
+    seen = []
+
+    class Recorder:
+        config = cfg
+
+        def __call__(self, images):
+            seen.append(images)
+            k, (h, w) = cfg.max_detections, images.shape[1:3]
+            return {"num_detections": np.zeros(1, np.int32), "boxes": np.zeros((1, k, 4), np.float32),
+                    "scores": np.zeros((1, k), np.float32), "classes": np.zeros((1, k), np.int32),
+                    "masks": np.zeros((1, k, h // 4, w // 4), np.uint8)}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(tiny_shapes["val"])
+    images_dir = Path(tiny_shapes["val"]).parent / "images"
+    assert engine_predictions(Recorder(), gt, images_dir) == []
+    first = gt.imgs[sorted(gt.getImgIds())[0]]["file_name"]
+    np.testing.assert_array_equal(seen[0], prepare_for(cfg, [read_image(images_dir / first)])[0])

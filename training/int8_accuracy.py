@@ -29,8 +29,8 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from boxinst_serve.coco import box_ious, mask_iou
-from boxinst_serve.postprocess import to_instances
-from boxinst_serve.preprocess import prepare_batch, read_image
+from boxinst_serve.postprocess import instances_for
+from boxinst_serve.preprocess import prepare_batch, prepare_for, read_image
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def engine_predictions(engine, gt: COCO, images_dir: Path) -> list[dict[str, Any
     results: list[dict[str, Any]] = []
     for image_id in sorted(gt.getImgIds()):
         image = read_image(images_dir / gt.imgs[image_id]["file_name"])
-        batch, metas = prepare_batch([image], cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility)
-        inst = to_instances(engine(batch), 0, metas[0], cfg.mask_out_stride, cfg.mask_threshold)
+        batch, metas = prepare_for(cfg, [image])
+        inst = instances_for(cfg, engine(batch), 0, metas[0])
         results.extend(inst.to_coco(image_id, category_ids))
     return results
 
