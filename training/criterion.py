@@ -9,6 +9,7 @@ from boxinst_serve.config import ModelConfig
 from boxinst_serve.model.condinst import HeadOutputs
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
 from boxinst_serve.model.postprocess import flatten_outputs
+from training.collapse import mask_statistics
 from training.config import LossConfig
 from training.detection_losses import centerness_loss, focal_loss, giou_loss
 from training.hole_loss import enclosed_background_targets, hole_loss
@@ -27,9 +28,11 @@ def _mean_over_processes(value: float, device) -> float:
 
 
 def compute_losses(out: HeadOutputs, batch: dict, cfg: ModelConfig, loss_cfg: LossConfig,
-                   iteration: int) -> dict[str, torch.Tensor]:
+                   iteration: int, stats: dict | None = None) -> dict[str, torch.Tensor]:
     """out: the model's outputs for batch["images"] uint8 [B, Hp, Wp, 3]; batch as built by
-    training.data.collate. Returns named scalar losses (their sum is the training loss)."""
+    training.data.collate. Returns named scalar losses (their sum is the training loss). When
+    `stats` is a dict, it receives training.collapse.mask_statistics of the instances with a
+    box-only mask loss (nothing when there were none)."""
     images = batch["images"]
     device = out.mask_feats.device
     _, hp, wp, _ = images.shape
@@ -61,12 +64,12 @@ def compute_losses(out: HeadOutputs, batch: dict, cfg: ModelConfig, loss_cfg: Lo
     else:
         losses["loss_fcos_loc"] = zero
         losses["loss_fcos_ctr"] = zero
-    losses.update(_mask_losses(out, flat, batch, cfg, loss_cfg, iteration, pos_b, pos_l, gt_idx, hp, wp))
+    losses.update(_mask_losses(out, flat, batch, cfg, loss_cfg, iteration, pos_b, pos_l, gt_idx, hp, wp, stats))
     return losses
 
 
 def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, iteration: int,
-                 pos_b, pos_l, gt_idx, hp: int, wp: int) -> dict[str, torch.Tensor]:
+                 pos_b, pos_l, gt_idx, hp: int, wp: int, stats: dict | None = None) -> dict[str, torch.Tensor]:
     device = out.mask_feats.device
     # Which foreground locations get a mask loss (TOPK_PROPOSALS_PER_IM, per image).
     with torch.no_grad():
@@ -111,6 +114,8 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
     box_idx = (~has_mask).nonzero().squeeze(1)
     if box_idx.numel() and loss_cfg.box_loss != "none":
         lg, bm = logits[box_idx], box_masks[box_idx]
+        if stats is not None:
+            stats.update(mask_statistics(lg, bm))
         if loss_cfg.box_loss == "filled_box":
             losses["loss_mask"] = losses["loss_mask"] + dice_loss(lg.sigmoid(), bm).sum() / n
         else:

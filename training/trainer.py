@@ -24,6 +24,7 @@ from boxinst_serve.checkpoint import load_checkpoint, save_atomic
 from boxinst_serve.config import ModelConfig, pad_value
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model import build_model
+from training.collapse import CollapseMonitor, summary as collapse_summary
 from training.config import TrainConfig
 from training.criterion import compute_losses
 from training.data import CocoBoxDataset, collate
@@ -284,6 +285,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                      "train_config": train_cfg.to_dict(), "iteration": iteration}
             if with_optimizer:
                 state["optimizer"] = optimizer.state_dict()
+                state["collapse_monitor"] = monitor.state_dict()
             save_atomic(state, path)
 
     metrics_path = out / "metrics.jsonl"
@@ -292,14 +294,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                                                 "device": str(dev), "processes": info.world_size,
                                                 "estimated_peak_memory_gb": round(memory_gb, 3)}, indent=2)
         log.info("training %s on %d images (%s), iterations %d..%d, on %s: batch %d (%d per process x %d), "
-                 "short side %s, long side <= %d, %d data worker(s) per process; test size %d/%d",
+                 "short side %s, long side <= %d, %d data worker(s) per process; test size %d/%d; %s",
                  model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, dev, train_cfg.batch_size,
                  train_cfg.batch_size // info.world_size, info.world_size,
                  "/".join(map(str, train_cfg.min_sizes)), train_cfg.max_size, train_cfg.num_workers,
-                 model_cfg.min_size_test, model_cfg.max_size_test)
+                 model_cfg.min_size_test, model_cfg.max_size_test, train_cfg.describe_lr())
         log.info("%s", memory_line)
     bar = tqdm(total=train_cfg.iters, initial=start_iter, disable=not (progress and info.is_main),
                desc="train", dynamic_ncols=True)
+    monitor = CollapseMonitor(train_cfg.iters)
+    if ckpt is not None and "collapse_monitor" in ckpt:
+        monitor.load_state_dict(ckpt["collapse_monitor"])
+    collapsed: dict[str, str] = {}  # the collapse reasons of the last window, {} when it looked well
     nonfinite = 0
     t_last = time.perf_counter()
     iteration = start_iter
@@ -313,7 +319,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
                 outputs = ddp_model(images)
             batch["images"] = images
-            losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration)
+            stats: dict = {}
+            losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration, stats=stats)
             loss = sum(losses.values())
 
             finite = torch.tensor([float(torch.isfinite(loss))], device=dev)
@@ -336,6 +343,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                     nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                monitor.update(float(losses["loss_prj"].detach()) if "loss_prj" in losses else 0.0, stats)
             iteration += 1
             bar.update(1)
             if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
@@ -343,8 +351,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                 record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
                           "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
                           "s_per_iter": (now - t_last) / train_cfg.log_period,
-                          "peak_rss_gb": round(peak_resident_bytes() / 1e9, 3)}
+                          "peak_rss_gb": round(peak_resident_bytes() / 1e9, 3), **monitor.window(iteration)}
                 t_last = now
+                reasons = record.get("collapse", {})
+                if reasons and info.is_main and reasons.keys() != collapsed.keys():
+                    log.warning("%s", collapse_summary(reasons, iteration))
+                collapsed = reasons
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if info.is_main:
                     _append_jsonl(metrics_path, record)
@@ -358,6 +370,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     finally:
         restore_signals()
     bar.close()
+    if info.is_main and collapsed:
+        log.warning("training ended with a mask head that does not look like it learned: %s", "; ".join(collapsed.values()))
     if info.is_main:
         log.info("peak resident memory of the training process: %.2f GB", peak_resident_bytes() / 1e9)
 
