@@ -38,9 +38,11 @@ demo: install
 	@echo ""
 	@echo "demo outputs:"
 	@echo "  checkpoint        $(DEMO)/run/final.pt  (training log: $(DEMO)/run/metrics.jsonl)"
-	@echo "  mask/box AP       $(DEMO)/eval.json"
+	@echo "  mask/box AP       $(DEMO)/eval.json  (with the filled-box baseline of the same detections)"
 	@echo "  Triton repository $(DEMO)/repository  (served with boxinst serve; log $(DEMO)/tritonserver.log)"
 	@echo "  overlays          $(DEMO)/overlays/*.png  (through gRPC; COCO results: $(DEMO)/overlays/results.json)"
+	@echo ""
+	@$(PY) scripts/demo_verdict.py $(DEMO)/eval.json $(DEMO)/run/metrics.jsonl
 
 # The paper's Table-1 style ablation on the shapes set (docs/results.md): a shared box-only detector,
 # then six variants from it; about 1 h 45 min on 2 cores.

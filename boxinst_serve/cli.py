@@ -81,7 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
              "num_workers": args.workers, "checkpoint_period": args.checkpoint_period,
              "warmup_iters": args.warmup_iters, "log_period": args.log_period}
     overrides = {k: v for k, v in given.items() if v is not None}
-    overrides.update(lr=args.lr, seed=args.seed, clip_grad_norm=args.clip_grad, amp=not args.no_amp)
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    overrides.update(seed=args.seed, clip_grad_norm=args.clip_grad, amp=not args.no_amp)
     device = resolve_device(args.device)
     train_cfg = TrainConfig.for_model(model_cfg.name, model_cfg.min_size_test, model_cfg.max_size_test, device.type,
                                       args.iters, loss=loss, **overrides)
@@ -630,7 +632,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int, default=None,
                    help="images per iteration, all processes together (default: the preset's on this device: "
                         "lite 4 on a CPU, the paper's 16 for r50_fpn/r101_fpn on CUDA; training/config.py RECIPES)")
-    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the paper's 0.01 at batch 16, scaled linearly with --batch-size: "
+                        "0.0025 for lite's CPU batch of 4; training/config.py linear_lr)")
     s.add_argument("--warmup-iters", type=int, default=None, help="default: 1000 scaled to --iters/90000")
     s.add_argument("--pairwise-warmup-iters", type=int, default=None,
                    help="default: 10000 scaled to --iters/90000")

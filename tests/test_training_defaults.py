@@ -23,6 +23,18 @@ def test_lite_on_a_cpu_trains_at_its_own_small_sizes():
     assert (cfg.batch_size, cfg.min_sizes, cfg.max_size, cfg.num_workers) == (4, (192, 224, 256), 448, 1)
 
 
+def test_learning_rate_scales_linearly_with_the_batch_unless_given():
+    cpu = TrainConfig.for_model("lite", 256, 448, "cpu", 800)
+    assert (cpu.lr, cpu.lr_scaled) == (0.0025, True)  # the paper's 0.01 for 16 images, at 4
+    gpu = TrainConfig.for_model("r50_fpn", 800, 1333, "cuda", 90000)
+    assert (gpu.lr, gpu.lr_scaled) == (0.01, True)  # the paper's recipe as it is
+    assert TrainConfig.for_model("lite", 256, 448, "cpu", 800, batch_size=8).lr == 0.005
+    given = TrainConfig.for_model("lite", 256, 448, "cpu", 800, lr=0.01)
+    assert (given.lr, given.lr_scaled) == (0.01, False)
+    assert TrainConfig.from_dict(cpu.to_dict()) == cpu  # saved as a number: a resume trains at the same rate
+    assert "scaled linearly to batch 4" in cpu.describe_lr() and "given" in given.describe_lr()
+
+
 def test_given_flags_win_over_the_recipe():
     cfg = TrainConfig.for_model("lite", 256, 448, "cpu", 800, batch_size=2, min_sizes=(128,))
     assert (cfg.batch_size, cfg.min_sizes, cfg.max_size) == (2, (128,), 448)
@@ -88,6 +100,8 @@ def test_documented_lite_command_trains_within_a_memory_bound(crowded_photos, tm
     config = json.loads((run / "config.json").read_text())
     train = config["train"]
     assert (train["batch_size"], train["min_sizes"], train["max_size"]) == (4, [192, 224, 256], 448)
+    assert (train["lr"], train["lr_scaled"]) == (0.0025, True)
+    assert "lr 0.0025 (the paper's 0.01 at batch 16, scaled linearly to batch 4" in done.stderr
     assert config["device"] == "cpu"
     assert (config["model"]["min_size_test"], config["model"]["max_size_test"]) == (256, 448)
     # The estimate the guard used covers what the process really took, without crying wolf.

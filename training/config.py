@@ -16,6 +16,17 @@ HOLE_NORMALIZERS = ("box", "holes")  # what the hole loss is divided by (trainin
 REFERENCE_ITERS = 90000
 # Spacing of the multi-scale training short sides (the paper's 640, 672, ..., 800).
 SCALE_STEP_PX = 32
+# The paper's learning rate and the batch it is for. A config without its own `lr` scales it linearly
+# with its batch (Goyal et al.; detectron2's REFERENCE_WORLD_SIZE): 0.0025 at lite's CPU batch of 4,
+# the paper's 0.01 at 16. Measured (docs/results.md, "Seeds"): 0.01 at batch 4 left the mask head
+# of 2 in 4 seeds saturated at "every pixel is object" on a stress set, 0.0025 none of 8.
+REFERENCE_LR = 0.01
+REFERENCE_BATCH_SIZE = 16
+
+
+def linear_lr(batch_size: int) -> float:
+    """The paper's learning rate scaled linearly to `batch_size` images per iteration."""
+    return REFERENCE_LR * batch_size / REFERENCE_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,10 @@ class LossConfig:
 class TrainConfig:
     iters: int = REFERENCE_ITERS
     batch_size: int = 16  # images per iteration over all processes
-    lr: float = 0.01
+    # None: linear_lr(batch_size), resolved when the config is made (and then saved as a number);
+    # `lr_scaled` says which it was.
+    lr: float | None = None
+    lr_scaled: bool = False
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 1000
@@ -127,6 +141,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr, self.lr_scaled = linear_lr(self.batch_size), True
         for name in ("iters", "batch_size", "checkpoint_period", "log_period", "max_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -142,9 +158,9 @@ class TrainConfig:
         loss = overrides.pop("loss", LossConfig())
         loss = dataclasses.replace(loss, pairwise_warmup_iters=max(1, round(loss.pairwise_warmup_iters * f)),
                                    hole_loss_start_iters=round(loss.hole_loss_start_iters * f))
-        base = cls(iters=iters, warmup_iters=max(1, round(1000 * f)), loss=loss,
-                   checkpoint_period=max(1, min(5000, iters // 5)))
-        return dataclasses.replace(base, **overrides)
+        base = {"iters": iters, "warmup_iters": max(1, round(1000 * f)), "loss": loss,
+                "checkpoint_period": max(1, min(5000, iters // 5))}
+        return cls(**{**base, **overrides})  # made at once: an lr left out is scaled to the final batch
 
     @classmethod
     def for_model(cls, model_name: str, min_size_test: int, max_size_test: int, device_type: str, iters: int,
@@ -156,6 +172,13 @@ class TrainConfig:
         defaults = {"batch_size": r.batch_size, "min_sizes": min_sizes, "max_size": max_size,
                     "num_workers": r.num_workers}
         return cls.scaled(iters, **{**defaults, **overrides})
+
+    def describe_lr(self) -> str:
+        """The learning rate and where it comes from, for the log."""
+        if self.lr_scaled:
+            return (f"lr {self.lr:g} (the paper's {REFERENCE_LR:g} at batch {REFERENCE_BATCH_SIZE}, scaled linearly "
+                    f"to batch {self.batch_size}; --lr sets it)")
+        return f"lr {self.lr:g} (given)"
 
     def step_iters(self) -> list[int]:
         return [int(round(self.iters * s)) for s in self.step_fractions]
