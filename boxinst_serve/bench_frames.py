@@ -2,7 +2,7 @@
 (`boxinst bench --url URL --input png,raw,shm`).
 
 For each frame size and input path, at concurrency 1, requests alternate with the in-process
-run of the same work (boxinst_serve.fused.FramePipeline: letterbox, ONNX Runtime on the
+run of the same work (boxinst_serve.fused.FramePipeline: pre-processing, ONNX Runtime on the
 repository's model.onnx with the served model's thread settings, paste + RLE: what a robot
 holding the frame would do without a server), so that both see the same machine state. Raw and
 shared-memory frames go where the client sends them: `boxinst_raw_fused` (one process) where

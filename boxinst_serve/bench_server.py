@@ -1,6 +1,6 @@
 """Load benchmark of a running server (`boxinst bench --url`): requests/s and latency percentiles
 per concurrency level, plus the in-process latency of the same work on the same image in the same
-run (decode, letterbox, ONNX Runtime on the repository's model, paste + RLE), so the serving
+run (decode, pad to its own size, ONNX Runtime on the repository's model, paste + RLE), so the serving
 overhead is a ratio rather than an absolute number that depends on the machine."""
 from __future__ import annotations
 
@@ -78,27 +78,27 @@ def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, war
 
 def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, warmup: int = 3,
                        threads: int = 0, spinning: bool = True) -> dict:
-    """The server's work without the server: decode, letterbox, ONNX Runtime, paste + RLE."""
+    """The server's work without the server: decode, pad to its own size, ONNX Runtime, paste + RLE."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from boxinst_serve.fused import net_onnx_path
     from boxinst_serve.postprocess import instances_for
     from boxinst_serve.preprocess import decode_image
-    from boxinst_serve.serving import ServingConfig, letterbox
+    from boxinst_serve.serving import ServingConfig, prepare_one
 
     serving = ServingConfig.load(repository)
-    engine = OnnxRuntimeEngine(Path(repository) / "boxinst_net" / "1" / "model.onnx", threads=threads,
-                               spinning=spinning)
+    engine = OnnxRuntimeEngine(net_onnx_path(repository), threads=threads, spinning=spinning)
     cfg = serving.model
     times, dets = [], 0
     for i in range(warmup + iters):
         t0 = time.perf_counter()
         image = decode_image(data, max_pixels=serving.max_pixels)
-        canvas, meta = letterbox(image, cfg, serving.canvas)
-        inst = instances_for(cfg, engine(canvas[None]), 0, meta)
+        images, meta = prepare_one(image, cfg)
+        inst = instances_for(cfg, engine(images), 0, meta)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             dets = len(inst)
     return {"iters": iters, "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95), "p99_ms": _pct(times, 99),
-            "instances": dets, "canvas": list(serving.canvas)}
+            "instances": dets, "input_hw": list(images.shape[1:3])}
 
 
 def format_load(reports: list[LoadReport], in_process: dict) -> str:

@@ -192,7 +192,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="boxinst-export-") as tmp:
-        if args.test_size:  # the serving size travels in the config (ONNX metadata, Triton canvas)
+        if args.test_size:  # the serving size travels in the config (ONNX metadata, the Triton steps)
             from boxinst_serve.checkpoint import load_checkpoint, save_atomic
 
             ckpt = load_checkpoint(args.checkpoint)
@@ -232,7 +232,7 @@ def _export(args: argparse.Namespace) -> int:
         from export.triton import write_triton_net
 
         net = write_triton_net(args.checkpoint, args.triton, flavour=args.flavour, onnx_path=args.onnx,
-                               canvas=args.canvas, max_batch_size=args.max_batch, instances=args.instances,
+                               max_batch_size=args.max_batch, instances=args.instances,
                                trt_accelerator=args.trt_accelerator, fp16=args.fp16, max_pixels=args.max_pixels,
                                int8=int8)
         print(f"Triton model {net} ({args.flavour}{', INT8' if int8 else ''}); serve it with "
@@ -260,17 +260,22 @@ def _export(args: argparse.Namespace) -> int:
         from export.onnx import export_onnx
 
         onnx_path = export_onnx(args.checkpoint, out, max_detections=args.max_detections, opset=args.opset)
+    from boxinst_serve.config import ModelConfig
+    from export.onnx import read_metadata
+    from export.tensorrt import serving_profile
+
+    cfg = ModelConfig.from_json(read_metadata(onnx_path)["model_config"])
+    profile = serving_profile(cfg, args.max_batch)  # every image as prepare_for pads it
+    min_shape, opt_shape, max_shape = (args.min_shape or profile[0][1:], args.opt_shape or profile[1][1:],
+                                       args.max_shape or profile[2][1:])
     calibration = None
     if int8 is not None and int8.calibration:
-        from boxinst_serve.config import ModelConfig
         from export.calibration import CalibrationImages
-        from export.onnx import read_metadata
 
-        cfg = ModelConfig.from_json(read_metadata(onnx_path)["model_config"])
         calibration = CalibrationImages.from_coco(int8.calibration, cfg, int8.num_images, int8.images_dir,
-                                                  batch_size=args.opt_batch, canvas=args.opt_shape, drop_last=True)
-    plan = build_engine(onnx_path, (1, *args.min_shape), (args.opt_batch, *args.opt_shape),
-                        (args.max_batch, *args.max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib,
+                                                  batch_size=args.opt_batch, same_shape=True, drop_last=True)
+    plan = build_engine(onnx_path, (1, *min_shape), (args.opt_batch, *opt_shape),
+                        (args.max_batch, *max_shape), fp16=args.fp16, workspace_gib=args.workspace_gib,
                         int8=int8 is not None, calibration=calibration,
                         calibration_cache=int8.cache if int8 is not None else None,
                         int8_exclude=int8.exclude if int8 is not None else None)
@@ -714,8 +719,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--flavour", default="cpu", choices=("cpu", "onnxruntime", "tensorrt"),
                    help="--triton: cpu = Python backend + ONNX Runtime (runs anywhere); onnxruntime / tensorrt "
                         "for NVIDIA's GPU container")
-    s.add_argument("--canvas", type=_size, default=None,
-                   help="--triton: landscape letterbox canvas HxW (default: test sizes padded to 32)")
     s.add_argument("--instances", type=int, default=1, help="--triton: boxinst_net instances")
     s.add_argument("--trt-accelerator", action="store_true",
                    help="--triton --flavour onnxruntime: TensorRT execution accelerator")
@@ -727,9 +730,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--opset", type=int, default=18)
     s.add_argument("--onnx", default=None, help="tensorrt: build from this ONNX file (default: OUT/model.onnx)")
     s.add_argument("--fp16", action="store_true", help="tensorrt: allow FP16 kernels")
-    s.add_argument("--min-shape", type=_size, default=(320, 320), help="tensorrt profile: smallest HxW")
-    s.add_argument("--opt-shape", type=_size, default=(800, 1344), help="tensorrt profile: tuned HxW")
-    s.add_argument("--max-shape", type=_size, default=(1344, 1344), help="tensorrt profile: largest HxW")
+    s.add_argument("--min-shape", type=_size, default=None,
+                   help="tensorrt profile: smallest HxW (default: 32x32, the smallest padded image: a very wide or "
+                        "tall one, capped by the test long side)")
+    s.add_argument("--opt-shape", type=_size, default=None,
+                   help="tensorrt profile: tuned HxW (default: the test sizes padded, e.g. 800x1344)")
+    s.add_argument("--max-shape", type=_size, default=None,
+                   help="tensorrt profile: largest HxW (default: the test long side padded, square, e.g. 1344x1344)")
     s.add_argument("--opt-batch", type=int, default=1)
     s.add_argument("--max-batch", type=int, default=8, help="tensorrt profile / Triton max_batch_size")
     s.add_argument("--workspace-gib", type=float, default=4.0)

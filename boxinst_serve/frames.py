@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 RAW_MODEL = "boxinst_raw"  # the ensemble taking raw frames (model_repository/boxinst_raw)
-# The same inputs and outputs in one Python-backend process (letterbox, ONNX Runtime, post-processing):
+# The same inputs and outputs in one Python-backend process (pre-processing, ONNX Runtime, post-processing):
 # written beside boxinst_net by `boxinst export --flavour cpu` (boxinst_serve.fused).
 FUSED_RAW_MODEL = "boxinst_raw_fused"
 

@@ -1,5 +1,5 @@
 """Camera frame to instances in one process: the work of the `boxinst_raw` ensemble's three steps
-(check_frame, letterbox, the network on ONNX Runtime, instances_for) without the hand-offs
+(check_frame, prepare_one, the network on ONNX Runtime, instances_for) without the hand-offs
 between them.
 
 Two users, one code path: the `boxinst_raw_fused` Triton model that `boxinst export --flavour
@@ -19,7 +19,7 @@ import numpy as np
 from boxinst_serve.frames import check_frame
 from boxinst_serve.postprocess import instances_for
 from boxinst_serve.results import Instances
-from boxinst_serve.serving import NET_MODEL, ServingConfig, letterbox
+from boxinst_serve.serving import NET_MODEL, ServingConfig, prepare_one
 
 STAGES = ("pre", "network", "post")  # the ensemble's steps, in order (and the timed parts here)
 
@@ -37,8 +37,8 @@ def net_onnx_path(repository: str | os.PathLike) -> Path:
 class FramePipeline:
     """frame RGB uint8 [H, W, 3] (or [1, H, W, 3]) -> Instances at the frame's resolution.
 
-    serving: the repository's ServingConfig (model config, canvas); engine: images uint8
-    [B, Hc, Wc, 3] -> the network contract's padded outputs; max_pixels: frame-size limit
+    serving: the repository's ServingConfig (model config, frame-size limit); engine: images uint8
+    [B, Hp, Wp, 3] -> the network contract's padded outputs; max_pixels: frame-size limit
     (None: serving.max_pixels). A bad frame raises ValueError with check_frame's message."""
 
     serving: ServingConfig
@@ -61,9 +61,9 @@ class FramePipeline:
         """-> (Instances, seconds per stage {pre, network, post})."""
         limit = self.serving.max_pixels if self.max_pixels is None else self.max_pixels
         t0 = time.perf_counter()
-        canvas, meta = letterbox(check_frame(frame, limit), self.serving.model, self.serving.canvas)
+        images, meta = prepare_one(check_frame(frame, limit), self.serving.model)
         t1 = time.perf_counter()
-        outputs = self.engine(canvas[None])
+        outputs = self.engine(images)
         t2 = time.perf_counter()
         inst = instances_for(self.serving.model, outputs, 0, meta)
         return inst, {"pre": t1 - t0, "network": t2 - t1, "post": time.perf_counter() - t2}

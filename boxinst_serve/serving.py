@@ -1,6 +1,7 @@
 """What the Triton steps share with the in-process path: the serving settings written beside
-`boxinst_net` by `boxinst export --triton`, the fixed letterbox canvas that lets Triton's dynamic
-batcher group requests, and the small per-image metadata passed between steps.
+`boxinst_net` by `boxinst export --triton`, the pre-processing of one request (exactly
+`prepare_for` on a single image: its own size padded to the size divisibility, never a larger
+canvas, DESIGN.md), and the small per-image metadata passed between steps.
 
 Pure numpy/OpenCV: imported by the Python-backend models in `model_repository/` and by tests."""
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from boxinst_serve.config import CONTRACT_VERSION, ModelConfig, pad_value, padded_size
+from boxinst_serve.config import CONTRACT_VERSION, ModelConfig
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, resize_image
+from boxinst_serve.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, prepare_for
 
 SERVING_FILE = "boxinst_serving.json"  # in <repository>/boxinst_net/
 NET_MODEL = "boxinst_net"
@@ -25,23 +26,23 @@ MASK_FORMATS = ("rle", "bitmap")
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """model: the exported network's ModelConfig (class names included); canvas: (h, w) of the
-    landscape letterbox canvas (portrait images use (w, h)); max_pixels: decoded-size limit."""
+    """model: the exported network's ModelConfig (class names included); max_pixels: the
+    decoded-size limit. Contract version 2: each request is padded to its own size (version 1
+    letterboxed onto a fixed canvas, which changed the scores: such repositories are refused)."""
 
     model: ModelConfig
-    canvas: tuple[int, int]
     max_pixels: int = DEFAULT_MAX_PIXELS
     contract_version: str = CONTRACT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_config": self.model.to_dict(), "canvas": list(self.canvas), "max_pixels": self.max_pixels,
+        return {"model_config": self.model.to_dict(), "max_pixels": self.max_pixels,
                 "contract_version": self.contract_version}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ServingConfig":
-        return cls(model=ModelConfig.from_dict(d["model_config"]), canvas=tuple(d["canvas"]),
+        return cls(model=ModelConfig.from_dict(d["model_config"]),
                    max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)),
-                   contract_version=str(d.get("contract_version", CONTRACT_VERSION)))
+                   contract_version=str(d.get("contract_version", "1")))
 
     def save(self, net_dir: str | os.PathLike) -> Path:
         path = Path(net_dir) / SERVING_FILE
@@ -50,45 +51,28 @@ class ServingConfig:
 
     @classmethod
     def load(cls, repository: str | os.PathLike) -> "ServingConfig":
-        """From <repository>/boxinst_net/boxinst_serving.json (written by `boxinst export --triton`)."""
+        """From <repository>/boxinst_net/boxinst_serving.json (written by `boxinst export --triton`);
+        a file of another contract version is refused with what to do."""
         path = Path(repository) / NET_MODEL / SERVING_FILE
         if not path.is_file():
             raise FileNotFoundError(f"'{path}' is missing: write the network into the repository with "
                                     "`boxinst export --checkpoint CKPT --triton REPOSITORY`")
-        cfg = cls.from_dict(json.loads(path.read_text()))
-        if cfg.contract_version != CONTRACT_VERSION:
-            raise ValueError(f"'{path}' has contract version {cfg.contract_version}, this runtime speaks "
-                             f"{CONTRACT_VERSION}: export the model again")
-        return cfg
+        d = json.loads(path.read_text())
+        version = str(d.get("contract_version", "1"))
+        if version != CONTRACT_VERSION:
+            raise ValueError(f"'{path}' has contract version {version}, this runtime speaks {CONTRACT_VERSION}: "
+                             "export the model again (`boxinst export --checkpoint CKPT --triton REPOSITORY`)")
+        return cls.from_dict(d)
 
 
-def default_canvas(cfg: ModelConfig) -> tuple[int, int]:
-    """(h, w) that holds any image resized to min_size_test / max_size_test in landscape."""
-    return (padded_size(cfg.min_size_test, cfg.size_divisibility),
-            padded_size(cfg.max_size_test, cfg.size_divisibility))
-
-
-def canvas_for(image_hw: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
-    """The landscape canvas for landscape or square images, its transpose for portrait ones."""
-    h, w = image_hw
-    ch, cw = canvas
-    return (max(ch, cw), min(ch, cw)) if h > w else (min(ch, cw), max(ch, cw))
-
-
-def letterbox(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -> tuple[np.ndarray, ImageMeta]:
-    """RGB uint8 [H, W, 3] -> (uint8 [Hc, Wc, 3] resized as in prepare_for and padded at the
-    bottom/right onto the canvas with the model's padding colour, its ImageMeta). Same pixels as
-    prepare_for, more padding."""
+def prepare_one(image: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, ImageMeta]:
+    """RGB uint8 [H, W, 3] -> (network input uint8 [1, Hp, Wp, 3], its ImageMeta): `prepare_for`
+    of the single image, as `boxinst segment` and AdelaiDet pad it. Triton's dynamic batcher then
+    groups only requests of the same padded shape (one camera's frames), which changes nothing."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} {tuple(image.shape)}")
-    r = resize_image(image, cfg.min_size_test, cfg.max_size_test, cfg.resize)
-    ch, cw = canvas_for(image.shape[:2], canvas)
-    if r.shape[0] > ch or r.shape[1] > cw:
-        raise ValueError(f"resized image {r.shape[1]}x{r.shape[0]} does not fit the {cw}x{ch} canvas")
-    out = np.empty((ch, cw, 3), dtype=np.uint8)
-    out[...] = np.asarray(pad_value(cfg), dtype=np.uint8)
-    out[: r.shape[0], : r.shape[1]] = r
-    return out, ImageMeta(orig_hw=tuple(image.shape[:2]), resized_hw=tuple(r.shape[:2]))
+    batch, metas = prepare_for(cfg, [image])
+    return batch, metas[0]
 
 
 def meta_to_array(meta: ImageMeta) -> np.ndarray:

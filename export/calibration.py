@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -59,42 +59,58 @@ def calibration_files(data_json: str | os.PathLike, images_dir: str | os.PathLik
     return files
 
 
-def _onto_canvas(image: np.ndarray, cfg: ModelConfig, canvas: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 [H, W, 3] -> uint8 [Hc, Wc, 3]: resized as in serving (shorter side min_size_test,
-    longer at most max_size_test, with the config's resize mode), scaled down further only if it
-    still does not fit the canvas (a portrait image on a landscape canvas), padded at the
-    bottom/right with the model's padding colour (serving.letterbox, on one fixed canvas)."""
-    from boxinst_serve.config import pad_value
-    from boxinst_serve.preprocess import resize_image
+def padded_input_hw(path: Path, cfg: ModelConfig) -> tuple[int, int]:
+    """(Hp, Wp) of the network input `prepare_for` makes of one image file under `cfg`, read from
+    the file's header where it can be (PNG, JPEG), else by decoding it."""
+    from boxinst_serve.config import padded_size, resized_shape
+    from boxinst_serve.preprocess import image_header_size, read_image
 
-    ch, cw = canvas
-    r = resize_image(image, cfg.min_size_test, cfg.max_size_test, cfg.resize)
-    if r.shape[0] > ch or r.shape[1] > cw:
-        h, w = image.shape[:2]
-        s = min(ch / h, cw / w)
-        r = resize_image(image, max(1, int(min(h, w) * s)), max(1, int(max(h, w) * s)), cfg.resize)
-    out = np.empty((ch, cw, 3), dtype=np.uint8)
-    out[...] = np.asarray(pad_value(cfg), dtype=np.uint8)
-    out[: r.shape[0], : r.shape[1]] = r
-    return out
+    with open(path, "rb") as f:
+        hw = image_header_size(f.read(65536))
+    if hw is None:
+        hw = read_image(path).shape[:2]
+    h, w = resized_shape(hw[0], hw[1], cfg.min_size_test, cfg.max_size_test, cfg.resize)
+    return padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility)
 
 
 @dataclass
 class CalibrationImages:
     """Network inputs for calibration: iterating yields uint8 [batch, H, W, 3] arrays (the network
-    contract's `images`), pre-processed as the model config says (test sizes, resize mode,
-    padding colour).
+    contract's `images`), each image pre-processed exactly as inference does (`prepare_for`: the
+    config's test sizes, resize mode, padding colour, its own size padded to the divisibility).
 
-    canvas: None pads each batch to a multiple of size_divisibility (as the in-process engines do);
-    (H, W) letterboxes every image onto that fixed canvas (TensorRT calibrates at one shape: its
-    calibration profile's opt shape). A batch is never padded with repeated images: a last partial
-    batch is dropped when a fixed batch size is needed (TensorRT), kept otherwise."""
+    same_shape: keep only the images whose padded input has the most common shape (TensorRT
+    calibrates at one input shape; padding every image onto one canvas instead would calibrate on
+    inputs the engine never sees), so every batch has that shape; otherwise each batch is padded
+    to its largest member, as batched in-process inference does. A batch is never padded with
+    repeated images: a last partial batch is dropped when a fixed batch size is needed (TensorRT),
+    kept otherwise."""
 
     files: list[Path]
     config: ModelConfig
     batch_size: int = 1
-    canvas: tuple[int, int] | None = None
+    same_shape: bool = False
     drop_last: bool = False
+    shape: tuple[int, int] | None = field(default=None, init=False)  # (Hp, Wp) of every batch when same_shape
+
+    def __post_init__(self) -> None:
+        if self.same_shape and self.files:
+            shapes = [padded_input_hw(f, self.config) for f in self.files]
+            counts: dict[tuple[int, int], int] = {}
+            for hw in shapes:
+                counts[hw] = counts.get(hw, 0) + 1
+            shape = max(counts, key=lambda hw: (counts[hw], hw))  # the most common; ties: the larger
+            kept = [f for f, hw in zip(self.files, shapes) if hw == shape]
+            if len(kept) < len(self.files):
+                log.info("calibrating at one input shape %dx%d: %d of %d images have it (the others pad to %s)",
+                         shape[1], shape[0], len(kept), len(self.files),
+                         ", ".join(f"{w}x{h}" for h, w in sorted(set(counts) - {shape})))
+            if len(kept) < self.batch_size:
+                raise ValueError(f"only {len(kept)} calibration image(s) share one input shape ({shape[1]}x{shape[0]} "
+                                 f"after resizing and padding), fewer than the batch of {self.batch_size}: give more "
+                                 "images (--calibration-images) or a smaller --opt-batch")
+            self.files = kept
+            self.shape = shape
 
     @classmethod
     def from_coco(cls, data_json: str | os.PathLike, config: ModelConfig, num_images: int = DEFAULT_CALIBRATION_IMAGES,
@@ -112,14 +128,11 @@ class CalibrationImages:
         cfg = self.config
         for b in range(len(self)):
             images = [read_image(f) for f in self.files[b * self.batch_size:(b + 1) * self.batch_size]]
-            if self.canvas is None:  # exactly what the engines see at inference
-                batch, _ = prepare_for(cfg, images)
-            else:
-                batch = np.stack([_onto_canvas(im, cfg, self.canvas) for im in images])
+            batch, _ = prepare_for(cfg, images)  # exactly what the engines see at inference
             yield batch
 
     def describe(self) -> dict:
         """What calibration saw, for the engine's metadata."""
         return {"images": len(self.files), "batch_size": self.batch_size,
-                "canvas": list(self.canvas) if self.canvas else None,
+                "shape": list(self.shape) if self.same_shape else None,
                 "min_size_test": self.config.min_size_test, "max_size_test": self.config.max_size_test}

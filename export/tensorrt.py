@@ -75,6 +75,19 @@ def entropy_calibrator(trt, batches: CalibrationImages | None, cache_path: str |
     return EntropyCalibrator()
 
 
+def serving_profile(cfg, max_batch_size: int) -> tuple[tuple[int, int, int], ...]:
+    """(min, opt, max) (batch, height, width) of an engine that serves every image as `prepare_for`
+    pads it (its own size rounded up to the size divisibility): min one divisibility step square
+    (a very wide or tall image, capped by max_size_test, has a short side below min_size_test), opt
+    one landscape image at the test size, max `max_batch_size` images as large as the long side
+    allows on both axes (landscape and portrait)."""
+    from boxinst_serve.config import padded_size
+
+    d = cfg.size_divisibility
+    short, long = padded_size(cfg.min_size_test, d), padded_size(cfg.max_size_test, d)
+    return (1, d, d), (1, short, long), (max_batch_size, long, long)
+
+
 def build_engine(onnx_path: str | os.PathLike, min_shape: tuple[int, int, int], opt_shape: tuple[int, int, int],
                  max_shape: tuple[int, int, int], fp16: bool = False, workspace_gib: float = 4.0,
                  out_path: str | os.PathLike | None = None, int8: bool = False,
@@ -84,8 +97,8 @@ def build_engine(onnx_path: str | os.PathLike, min_shape: tuple[int, int, int], 
     Returns the plan path (default: model.plan beside the ONNX file, or model_fp16.plan / model_int8.plan).
 
     int8: INT8 kernels where TensorRT finds them faster (FP16 too with fp16, else FP32 elsewhere),
-    calibrated on `calibration` (batches of one shape, e.g. CalibrationImages with a canvas of the
-    opt height/width) or read from `calibration_cache` (default: calibration.cache beside the plan);
+    calibrated on `calibration` (batches of one shape: CalibrationImages with same_shape, each image
+    padded to its own size as at inference) or read from `calibration_cache` (default: calibration.cache beside the plan);
     int8_exclude: groups of export.quantize.EXCLUDE_GROUPS kept out of INT8 (default: the same as
     the ONNX Runtime INT8 graph)."""
     if int8 and calibration is None and not (calibration_cache and Path(calibration_cache).is_file()):
@@ -142,8 +155,8 @@ def _configure_int8(trt, builder, network, config, onnx_path: Path, plan_path: P
     config.set_flag(trt.BuilderFlag.INT8)
     shape = (*opt_shape, 3)
     if calibration is not None:
-        if calibration.canvas is None or not calibration.drop_last:
-            raise ValueError("TensorRT calibrates at one input shape: give CalibrationImages a canvas and drop_last")
+        if not calibration.same_shape or not calibration.drop_last:
+            raise ValueError("TensorRT calibrates at one input shape: give CalibrationImages same_shape and drop_last")
         first = next(iter(calibration), None)
         if first is None:
             raise ValueError(f"INT8 calibration got no batch of {calibration.batch_size} images")

@@ -14,8 +14,9 @@ images (export/tensorrt.py).
 
 The `cpu` flavour also writes `boxinst_raw_fused` beside it (raw frames in one process,
 export/triton_fused.py); the others remove it. Every flavour also gets boxinst_serving.json
-(model config, class names, canvas), which the pre- and post-processing steps read, and the class
-names in its config parameters."""
+(model config, class names, frame-size limit), which the pre- and post-processing steps read, and
+the class names in its config parameters. Every path pads a request to its own size, as in process.
+"""
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from boxinst_serve.config import INPUT_NAME, ModelConfig
 from boxinst_serve.files import replace_dir
-from boxinst_serve.serving import NET_MODEL, ServingConfig, default_canvas
+from boxinst_serve.serving import NET_MODEL, ServingConfig
 from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
 
 
 def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLike, flavour: str = "cpu",
-                     onnx_path: str | os.PathLike | None = None, canvas: tuple[int, int] | None = None,
+                     onnx_path: str | os.PathLike | None = None,
                      max_batch_size: int = 8, instances: int = 1, trt_accelerator: bool = False,
                      fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0,
                      int8: Int8Options | None = None) -> Path:
@@ -117,7 +118,6 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         cfg = OnnxRuntimeEngine(onnx_file).config  # the config the graph was exported with
-        canvas = tuple(canvas) if canvas else default_canvas(cfg)
         if int8 is not None and flavour != "tensorrt":
             from export.quantize import quantize_exported
 
@@ -128,16 +128,15 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         if flavour == "cpu":
             shutil.copyfile(CPU_MODEL_TEMPLATE, version / "model.py")
         elif flavour == "tensorrt":
-            from export.tensorrt import build_engine
+            from export.tensorrt import build_engine, serving_profile
 
-            side_min, side_max = min(canvas), max(canvas)
             calibration = None
             if int8 is not None and int8.calibration:
                 from export.calibration import CalibrationImages
 
                 calibration = CalibrationImages.from_coco(int8.calibration, cfg, int8.num_images, int8.images_dir,
-                                                          canvas=canvas, drop_last=True)
-            build_engine(onnx_file, (1, side_min, side_min), (1, *canvas), (max_batch_size, side_max, side_max),
+                                                          same_shape=True, drop_last=True)
+            build_engine(onnx_file, *serving_profile(cfg, max_batch_size),
                          fp16=fp16, out_path=version / "model.plan", int8=int8 is not None, calibration=calibration,
                          calibration_cache=int8.cache if int8 is not None else None,
                          int8_exclude=int8.exclude if int8 is not None else None)
@@ -146,8 +145,7 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
             (version / "model.json").unlink(missing_ok=True)
         (work / "config.pbtxt").write_text(net_config(cfg, flavour, max_batch_size, instances, trt_accelerator, fp16,
                                                       intra_op_threads, int8=int8 is not None))
-        serving = ServingConfig(model=cfg, canvas=canvas) if max_pixels is None else \
-            ServingConfig(model=cfg, canvas=canvas, max_pixels=max_pixels)
+        serving = ServingConfig(model=cfg) if max_pixels is None else ServingConfig(model=cfg, max_pixels=max_pixels)
         serving.save(work)
         replace_dir(work, final)
     finally:
@@ -158,5 +156,5 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         write_fused_raw(repository, max_batch_size, intra_op_threads)
     else:
         remove_fused_raw(repository)
-    log.info("wrote %s (%s flavour%s, canvas %sx%s)", final, flavour, ", INT8" if int8 else "", canvas[1], canvas[0])
+    log.info("wrote %s (%s flavour%s)", final, flavour, ", INT8" if int8 else "")
     return final

@@ -14,7 +14,8 @@ from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL
 from boxinst_serve.fused import FramePipeline
 from boxinst_serve.postprocess import instances_for
 from boxinst_serve.results import Instances
-from boxinst_serve.serving import ServingConfig, instance_outputs, letterbox, meta_from_array, meta_to_array
+from boxinst_serve.preprocess import prepare_for
+from boxinst_serve.serving import ServingConfig, instance_outputs, meta_from_array, meta_to_array
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,23 +38,28 @@ def _frame(tiny_shapes) -> np.ndarray:
     return read_image(sorted(Path(tiny_shapes["images"]).glob("*.png"))[0])
 
 
-def test_pipeline_gives_what_the_ensemble_steps_give(repo, tiny_shapes):
-    """Pre-processing step (letterbox, meta through its int32 tensor), network, post-processing
-    step, composed by hand, against the pipeline on the same frame and its mirrored view."""
-    from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+def test_pipeline_gives_what_the_model_gives_on_the_single_frame(repo, lite_onnx, tiny_shapes):
+    """The pipeline against the in-process model on the same single frame (load_engine, prepare_for,
+    instances_for, with the meta through the steps' int32 tensor): the square frame, its mirror, a
+    landscape crop and a portrait transpose (own-size padding: no canvas), and a [1, H, W, 3] frame."""
+    from boxinst_serve.engines import load_engine
 
     pipeline = FramePipeline.from_repository(repo)
-    serving = ServingConfig.load(repo)
-    engine = OnnxRuntimeEngine(repo / "boxinst_net" / "1" / "model.onnx")
+    engine = load_engine(lite_onnx)
+    cfg = engine.config
     frame = _frame(tiny_shapes)
-    for f in (frame, frame[:, ::-1], frame[None]):
-        canvas, meta = letterbox(f[0] if f.ndim == 4 else f, serving.model, serving.canvas)
-        want = instances_for(serving.model, engine(canvas[None]), 0, meta_from_array(meta_to_array(meta)))
+    landscape = np.ascontiguousarray(frame[16:112])
+    for f in (frame, frame[:, ::-1], landscape, landscape.transpose(1, 0, 2), frame[None]):
+        single = f[0] if f.ndim == 4 else f
+        batch, metas = prepare_for(cfg, [np.ascontiguousarray(single)])
+        want = instances_for(cfg, engine(batch), 0, meta_from_array(meta_to_array(metas[0])))
         got, parts = pipeline.timed(f)
-        assert len(got) == len(want) > 0 and got.image_size == want.image_size == frame.shape[:2]
+        assert len(got) == len(want) > 0 and got.image_size == want.image_size == single.shape[:2]
         np.testing.assert_array_equal(got.boxes, want.boxes)
+        np.testing.assert_array_equal(got.scores, want.scores)
         np.testing.assert_array_equal(got.classes, want.classes)
         assert [r["counts"] for r in got.rle] == [r["counts"] for r in want.rle]
+        assert all(m.any() for m in got.masks)  # equal and not vacuously so
         assert set(parts) == {"pre", "network", "post"} and all(v > 0 for v in parts.values())
 
 
@@ -67,7 +73,7 @@ def test_pipeline_refuses_bad_frames_with_check_frames_words(repo, tiny_shapes):
             pipeline(frame)
     assert len(pipeline(_frame(tiny_shapes))) > 0
     assert FramePipeline.from_repository(repo).max_pixels is None  # the serving default applies
-    small = ServingConfig(pipeline.serving.model, pipeline.serving.canvas, max_pixels=40_000)
+    small = ServingConfig(pipeline.serving.model, max_pixels=40_000)
     with pytest.raises(ValueError, match="over the 0.04 MP limit"):  # the serving default, when not overridden
         FramePipeline(small, pipeline.engine)(np.zeros((201, 200, 3), np.uint8))
 

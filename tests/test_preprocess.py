@@ -193,7 +193,7 @@ def test_detectron2_resize_is_pils_antialiased_bilinear():
 
 
 def test_mean_padding_fills_every_padded_pixel_on_every_path():
-    from boxinst_serve.serving import letterbox
+    from boxinst_serve.serving import prepare_one
 
     cfg = _adelaidet_like()
     img = np.full((300, 640, 3), 7, dtype=np.uint8)
@@ -202,8 +202,26 @@ def test_mean_padding_fills_every_padded_pixel_on_every_path():
     assert batch.shape[1:3] == (640, 1344) and (rh, rw) == (625, 1333)
     assert (batch[0, rh:] == (124, 116, 104)).all() and (batch[0, :, rw:] == (124, 116, 104)).all()
     assert (batch[0, :rh, :rw] == 7).all()
-    canvas, meta = letterbox(img, cfg, (800, 1344))  # the Triton preprocess step
-    assert meta == metas[0] and np.array_equal(canvas[:640], batch[0]) and (canvas[640:] == (124, 116, 104)).all()
+    served, meta = prepare_one(img, cfg)  # the Triton pre-processing steps: the same input, no canvas
+    assert meta == metas[0] and np.array_equal(served, batch)
+
+
+def test_served_preprocessing_pads_each_image_to_its_own_size_only():
+    """Landscape, portrait and capped-wide images: each padded to its own multiple of the
+    divisibility, as prepare_for pads a single image (a fixed canvas changed GroupNorm's statistics
+    and with them the scores)."""
+    from boxinst_serve.config import lite
+    from boxinst_serve.serving import prepare_one
+
+    cfg = lite().replace(min_size_test=256, max_size_test=448)
+    for hw, padded in (((256, 256), (256, 256)), ((240, 320), (256, 352)), ((320, 240), (352, 256)),
+                       ((100, 1000), (64, 448))):
+        img = np.full((*hw, 3), 9, dtype=np.uint8)
+        served, meta = prepare_one(img, cfg)
+        assert served.shape == (1, *padded, 3), (hw, served.shape)
+        np.testing.assert_array_equal(served, prepare_for(cfg, [img])[0])
+    with pytest.raises(ValueError, match="expected an RGB uint8"):
+        prepare_one(np.zeros((8, 8), np.uint8), cfg)
 
 
 def test_boxes_empty_after_clipping_are_dropped_where_the_config_says():

@@ -105,17 +105,41 @@ def test_calibration_images_are_the_serving_preprocessing_of_the_json_images(tin
     for f, batch in zip(images.files, images):
         expected, _ = prepare_batch([read_image(f)], 96, 160)
         np.testing.assert_array_equal(batch, expected)
-    fixed = CalibrationImages(images.files, cfg, batch_size=2, canvas=(128, 192), drop_last=True)
-    batches = list(fixed)
-    assert len(batches) == 1 and batches[0].shape == (2, 128, 192, 3) and batches[0].dtype == np.uint8
+    fixed = CalibrationImages(images.files, cfg, batch_size=2, same_shape=True, drop_last=True)
+    batches = list(fixed)  # the shapes images are all square: one shape, the last odd image dropped
+    assert len(batches) == 1 and batches[0].shape == (2, 96, 96, 3) and batches[0].dtype == np.uint8
+    np.testing.assert_array_equal(batches[0], prepare_batch([read_image(f) for f in images.files[:2]], 96, 160)[0])
+
+
+def test_tensorrt_calibration_keeps_the_images_of_one_own_size_shape(tiny_shapes, tmp_path):
+    """TensorRT calibrates at one input shape: the images that pad to the most common shape, each
+    padded to its own size as at inference (no canvas)."""
+    import cv2
+
+    from boxinst_serve.config import lite
+    from export.calibration import CalibrationImages
+
+    cfg = lite(num_classes=7).replace(min_size_test=96, max_size_test=160)
+    src = sorted(Path(tiny_shapes["images"]).glob("*.png"))[:5]
+    files = []
+    for i, f in enumerate(src):
+        img = cv2.imread(str(f))
+        if i < 2:
+            img = np.ascontiguousarray(img[:, :96])  # portrait 128x96: pads to 128x96, not 96x96
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), img)
+    fixed = CalibrationImages(files, cfg, batch_size=2, same_shape=True, drop_last=True)
+    assert fixed.files == files[2:] and fixed.shape == (96, 96)
+    assert [b.shape for b in fixed] == [(2, 96, 96, 3)]
+    with pytest.raises(ValueError, match="fewer than the batch of 4"):
+        CalibrationImages(files, cfg, batch_size=4, same_shape=True, drop_last=True)
 
 
 def test_calibration_follows_the_model_configs_resize_and_padding(tiny_shapes):
     """An imported AdelaiDet model resizes with detectron2's arithmetic and pads with the mean
-    colour: its calibration images must be what its engines see (prepare_for, serving.letterbox)."""
+    colour: its calibration images must be what its engines see (prepare_for, in process and served)."""
     from boxinst_serve.config import lite
     from boxinst_serve.preprocess import prepare_for
-    from boxinst_serve.serving import letterbox
     from export.calibration import CalibrationImages
 
     cfg = lite(num_classes=7).replace(min_size_test=100, max_size_test=160, pad_with_mean=True, resize="detectron2")
@@ -123,8 +147,8 @@ def test_calibration_follows_the_model_configs_resize_and_padding(tiny_shapes):
     for f, batch in zip(images.files, images):
         expected, _ = prepare_for(cfg, [read_image(f)])
         np.testing.assert_array_equal(batch, expected)
-    fixed = CalibrationImages(images.files, cfg, batch_size=2, canvas=(128, 192), drop_last=True)
-    expected = np.stack([letterbox(read_image(f), cfg, (128, 192))[0] for f in images.files])  # square: fits
+    fixed = CalibrationImages(images.files, cfg, batch_size=2, same_shape=True, drop_last=True)
+    expected, _ = prepare_for(cfg, [read_image(f) for f in images.files])  # square: one shape
     np.testing.assert_array_equal(next(iter(fixed)), expected)
 
 
@@ -322,3 +346,32 @@ def test_int8_accuracy_feeds_engines_what_serving_feeds_them(tiny_shapes):
     assert engine_predictions(Recorder(), gt, images_dir) == []
     first = gt.imgs[sorted(gt.getImgIds())[0]]["file_name"]
     np.testing.assert_array_equal(seen[0], prepare_for(cfg, [read_image(images_dir / first)])[0])
+
+
+def test_the_served_int8_model_answers_as_the_int8_engine_in_process(confident_lite, tiny_shapes, tmp_path):
+    """`boxinst export --triton --flavour cpu --int8`, then `boxinst serve`: encoded images and raw
+    frames (landscape and portrait crops too) get what the served INT8 graph gives in process on
+    the single image (load_engine, prepare_for, instances_for)."""
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships the tritonserver binary")
+    pytest.importorskip("tritonclient.grpc")
+    from boxinst_serve.client import BoxInstClient
+    from boxinst_serve.postprocess import instances_for
+    from boxinst_serve.preprocess import prepare_for
+    from export.quantize import quantization_info
+    from tests.servers import assert_same, encode, repository_copy, running_server
+
+    repo = repository_copy(tmp_path / "model_repository")
+    assert main(["export", "--checkpoint", str(confident_lite), "--triton", str(repo), "--flavour", "cpu", "--int8",
+                 "--calibration", tiny_shapes["train"], "--calibration-images", "8"]) == 0
+    graph = repo / "boxinst_net" / "1" / "model.onnx"
+    assert quantization_info(graph) is not None  # the INT8 QDQ graph is what is served
+    engine = load_engine(graph)
+    cfg = engine.config
+    frames = _images(tiny_shapes, 3)
+    frames += [np.ascontiguousarray(frames[0][20:108]), np.ascontiguousarray(frames[1][:, 30:90])]
+    with running_server(repo, tmp_path) as server, BoxInstClient(server["url"], timeout_s=60) as client:
+        for frame in frames:
+            batch, metas = prepare_for(cfg, [frame])
+            want = instances_for(cfg, engine(batch), 0, metas[0])
+            assert_same(client.segment(encode(frame, ".png")), want)
+            assert_same(client.segment(frame), want)  # raw frame, the one-process model

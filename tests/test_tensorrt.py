@@ -65,7 +65,7 @@ def test_tensorrt_int8_plan_is_calibrated_caches_its_calibration_and_agrees_with
 
     onnx_path = export_onnx(trained_lite, tmp_path / "onnx")
     cfg = load_engine(onnx_path).config
-    images = CalibrationImages.from_coco(tiny_shapes["train"], cfg, num_images=8, canvas=(128, 160), drop_last=True)
+    images = CalibrationImages.from_coco(tiny_shapes["train"], cfg, num_images=8, same_shape=True, drop_last=True)
     cache = tmp_path / "calibration.cache"
     plan = build_engine(onnx_path, (1, 64, 64), (1, 128, 160), (2, 256, 256), fp16=True, int8=True,
                         calibration=images, calibration_cache=cache)

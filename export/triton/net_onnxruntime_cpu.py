@@ -1,6 +1,6 @@
 """Triton Python-backend `boxinst_net` for CPU-only servers (the tritonserver in the
 nvidia-pytriton wheel has no onnxruntime backend): runs 1/model.onnx with ONNX Runtime through
-boxinst_serve's OnnxRuntimeEngine. Requests of one dynamic batch with the same canvas shape run as
+boxinst_serve's OnnxRuntimeEngine. Requests of one dynamic batch with the same padded shape run as
 one ONNX batch; a failing group gets error responses and the others are served.
 Written into the repository by `boxinst export --triton DIR --flavour cpu`."""
 import json

@@ -1,6 +1,6 @@
 """Triton Python-backend `boxinst_raw_fused` for CPU-only servers: a raw RGB uint8 frame in, the
 `boxinst_raw` ensemble's outputs out, its three steps run in this one process
-(boxinst_serve.fused.FramePipeline: check_frame, letterbox, ONNX Runtime on boxinst_net's
+(boxinst_serve.fused.FramePipeline: check_frame, prepare_one, ONNX Runtime on boxinst_net's
 model.onnx, instances_for). A bad frame gets an error response naming the problem; the others
 are served. Written into the repository by `boxinst export --triton DIR --flavour cpu`."""
 import json

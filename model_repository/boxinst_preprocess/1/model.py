@@ -1,4 +1,5 @@
-"""Triton Python-backend step 1: encoded image bytes -> letterboxed network input + metadata.
+"""Triton Python-backend step 1: encoded image bytes -> network input padded to its own size
+(boxinst_serve.serving.prepare_one, exactly as in-process inference) + metadata.
 The work is boxinst_serve's (the same code as in-process inference); a bad request gets an error
 response naming the problem and the other requests of the batch are served."""
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from boxinst_serve.preprocess import decode_image
-from boxinst_serve.serving import (ServingConfig, letterbox, max_pixels_parameter, meta_to_array, model_parameters,
+from boxinst_serve.serving import (ServingConfig, max_pixels_parameter, meta_to_array, model_parameters, prepare_one,
                                    respond_each)
 
 
@@ -26,9 +27,9 @@ class TritonPythonModel:
         if not isinstance(raw, (bytes, bytearray)):
             raw = bytes(raw)
         image = decode_image(raw, source="image", max_pixels=self.max_pixels)
-        canvas, meta = letterbox(image, self.serving.model, self.serving.canvas)
+        images, meta = prepare_one(image, self.serving.model)
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("images", canvas[None]),
+            pb_utils.Tensor("images", images),
             pb_utils.Tensor("meta", meta_to_array(meta)[None]),
         ])
 
