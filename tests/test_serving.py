@@ -25,12 +25,13 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import AsyncBoxInstClient, BoxInstClient, BoxInstError, BoxInstTimeout  # noqa: E402
-from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
+from boxinst_serve.engines import load_engine  # noqa: E402
 from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
-from boxinst_serve.postprocess import to_instances  # noqa: E402
-from boxinst_serve.preprocess import decode_image  # noqa: E402
+from boxinst_serve.postprocess import instances_for  # noqa: E402
+from boxinst_serve.preprocess import decode_image, prepare_for  # noqa: E402
 from boxinst_serve.tritonserver import free_port  # noqa: E402
-from boxinst_serve.serving import ServingConfig, letterbox  # noqa: E402
+from tests.servers import assert_same, encode, repository_copy, running_server  # noqa: E402
+from boxinst_serve.serving import CONTRACT_VERSION, ServingConfig  # noqa: E402
 from boxinst_serve.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +44,7 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
     from export.triton import write_triton_net
 
     root = tmp_path_factory.mktemp("serving")
-    repo = root / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repo,
-                    ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_*", FUSED_RAW_MODEL))
+    repo = repository_copy(root / "model_repository")
     write_triton_net(trained_lite, repo, flavour="cpu")  # boxinst_net and boxinst_raw_fused
     # A 2 MP frame limit for raw frames (ensemble and one-process model), so that the
     # over-the-limit test sends 2 MP, not 50.
@@ -54,69 +53,31 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
         limit = '{ key: "max_pixels", value: { string_value: "0" } }'
         assert limit in cfg.read_text(), name
         cfg.write_text(cfg.read_text().replace(limit, limit.replace('"0"', f'"{RAW_MAX_PIXELS}"')))
-    ports = [free_port() for _ in range(3)]
-    log = root / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
-                             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
-                             "--metrics-port", str(ports[2]), "--log", str(root / "tritonserver.log")],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"127.0.0.1:{ports[0]}"
-    deadline = time.monotonic() + 180
-    client = BoxInstClient(url, timeout_s=30)
-    while not client.is_ready():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"boxinst serve did not come up:\n{log.read_text()}\n{(root / 'tritonserver.log').read_text()}")
-        time.sleep(0.5)
-    serving = ServingConfig.load(repo)
-    engine = OnnxRuntimeEngine(repo / "boxinst_net" / "1" / "model.onnx")
-    images = sorted(Path(tiny_shapes["images"]).glob("*.png"))
-    yield {"url": url, "client": client, "repo": repo, "serving": serving, "engine": engine, "images": images,
-           "proc": proc, "log": log}
-    # Every test's shared memory is unregistered and unlinked (checked after the server is stopped,
-    # so that a failure here never leaves the server running).
-    try:
-        left = [r for r in registered_regions(client._client) if r.startswith("boxinst_")]
-    except Exception as e:  # noqa: BLE001 - reported below, after the server is stopped
-        left = [f"(shared-memory status failed: {e})"]
-    files = own_shm_files()
-    client.close()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+    with running_server(repo, root) as server:
+        client = BoxInstClient(server["url"], timeout_s=30)
+        yield {**server, "client": client, "repo": repo, "serving": ServingConfig.load(repo),
+               "engine": load_engine(repo / "boxinst_net" / "1" / "model.onnx"),
+               "images": sorted(Path(tiny_shapes["images"]).glob("*.png"))}
+        # Every test's shared memory is unregistered and unlinked (checked after the server is
+        # stopped, so that a failure here never leaves the server running).
         try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert code == 0, log.read_text()
-    assert "stopping" in log.read_text()
+            left = [r for r in registered_regions(client._client) if r.startswith("boxinst_")]
+        except Exception as e:  # noqa: BLE001 - reported below, after the server is stopped
+            left = [f"(shared-memory status failed: {e})"]
+        files = own_shm_files()
+        client.close()
+    assert "stopping" in server["log"].read_text()
     assert not left and not files, (left, files)
 
 
-def reference(served, data: bytes):
-    """The in-process path: same decode, letterbox, ONNX Runtime engine and post-processing."""
-    serving = served["serving"]
-    image = decode_image(data)
-    canvas, meta = letterbox(image, serving.model, serving.canvas)
-    cfg = serving.model
-    return to_instances(served["engine"](canvas[None]), 0, meta, cfg.mask_out_stride, cfg.mask_threshold)
-
-
-def assert_same(got, ref):
-    assert len(got) == len(ref) > 0
-    assert got.image_size == ref.image_size
-    np.testing.assert_allclose(got.boxes, ref.boxes, rtol=1e-4, atol=1e-2)
-    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(got.classes, ref.classes)
-    for a, b in zip(got.masks, ref.masks):
-        union = (a | b).sum()
-        assert union == 0 or (a & b).sum() / union >= 0.99
-
-
-def encode(image_rgb: np.ndarray, ext: str) -> bytes:
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR) if image_rgb.ndim == 3 else image_rgb)
-    assert ok
-    return buf.tobytes()
+def reference(served, image):
+    """The model on the single image, in process: the exported graph on ONNX Runtime, prepare_for,
+    instances_for (what `boxinst segment --model model.onnx` does), not the server's own steps.
+    image: encoded bytes or an RGB uint8 array."""
+    cfg = served["engine"].config
+    image = decode_image(image) if isinstance(image, bytes) else image
+    batch, metas = prepare_for(cfg, [image])
+    return instances_for(cfg, served["engine"](batch), 0, metas[0])
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
@@ -209,18 +170,33 @@ def test_grayscale_rgba_and_16_bit_images_work(served):
                 served["client"].segment(encode(rgb, ".png")))
 
 
-def test_concurrent_clients_all_succeed_with_correct_results(served):
-    datas = [p.read_bytes() for p in served["images"][:4]]
+def _batch_sizes(url: str) -> dict[int, int]:
+    """{batch size: executions} of boxinst_net so far (Triton's statistics)."""
+    c = grpcclient.InferenceServerClient(url)
+    try:
+        stats = c.get_inference_statistics("boxinst_net", as_json=True)["model_stats"][0]
+    finally:
+        c.close()
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+
+
+def test_concurrent_clients_get_the_single_image_answers_from_batches(served):
+    """8 clients at once: the dynamic batcher runs the network on batches of several requests
+    (Triton's statistics say so), same-shape requests together and a wide one beside them, and
+    every answer is the model's on that single image."""
+    frames = [decode_image(p.read_bytes()) for p in served["images"][:4]]
+    frames.append(np.ascontiguousarray(frames[0][24:104]))  # another padded shape in the same batches
+    datas = [encode(f, ".png") for f in frames]
     refs = [reference(served, d) for d in datas]
     errors: list[str] = []
+    before = _batch_sizes(served["url"])
 
     def worker(k: int) -> None:
         with BoxInstClient(served["url"], timeout_s=60) as c:
             for r in range(25):
                 i = (k + r) % len(datas)
                 try:
-                    got = c.segment(datas[i])
-                    assert len(got) == len(refs[i]) and np.allclose(got.boxes, refs[i].boxes, rtol=1e-4, atol=1e-2)
+                    assert_same(c.segment(datas[i]), refs[i])
                 except Exception as e:  # noqa: BLE001 - collected and reported below
                     errors.append(f"client {k} request {r}: {e!r}")
 
@@ -230,6 +206,9 @@ def test_concurrent_clients_all_succeed_with_correct_results(served):
     for t in threads:
         t.join(timeout=300)
     assert not errors, errors[:5]
+    after = _batch_sizes(served["url"])
+    batched = {b: n - before.get(b, 0) for b, n in after.items() if b > 1 and n > before.get(b, 0)}
+    assert batched, f"the network never ran a batch of more than one request: {after}"
 
 
 def test_segment_batch_and_asyncio_client(served):
@@ -342,7 +321,7 @@ def test_export_records_the_serving_size_in_the_repository(trained_lite, tmp_pat
     assert main(["export", "--checkpoint", str(trained_lite), "--triton", str(repo), "--test-size", "256x320"]) == 0
     serving = ServingConfig.load(repo)
     assert (serving.model.min_size_test, serving.model.max_size_test) == (256, 320)
-    assert serving.canvas == (256, 320)
+    assert serving.contract_version == CONTRACT_VERSION
     assert (repo / "boxinst_net" / "1" / "model.py").is_file() and not list(repo.glob(".boxinst_net*"))
 
 
@@ -356,9 +335,11 @@ def own_shm_files() -> list[str]:
 
 
 def _frames(served) -> list[np.ndarray]:
-    """Shapes images, a portrait crop of odd size and a non-contiguous (mirrored) view."""
+    """Shapes images, a landscape crop of odd size, a portrait crop, and a non-contiguous
+    (mirrored) view: each padded to its own size by every path."""
     frames = [decode_image(p.read_bytes()) for p in served["images"][:3]]
     frames.append(np.ascontiguousarray(frames[0][:, :77].transpose(1, 0, 2)[:, :100]))
+    frames.append(np.ascontiguousarray(frames[2][:, 20:84]))
     frames.append(frames[1][:, ::-1])
     return frames
 
@@ -485,7 +466,8 @@ def test_regions_of_a_killed_client_are_removed_by_the_next_client(served):
     with BoxInstClient(served["url"], shared_memory=True) as c:
         assert not set(names) & set(registered_regions(status))
         assert not [n for n in names if (SHM_DIR / n).exists()]
-        assert len(c.segment(np.zeros((64, 80, 3), np.uint8)).scores) >= 0
+        frame = decode_image(served["images"][0].read_bytes())
+        assert_same(c.segment(frame), reference(served, frame))  # the new client's regions work
     assert not [r for r in registered_regions(status) if r.startswith("boxinst_")]
     status.close()
 

@@ -1,0 +1,87 @@
+"""Starting and stopping a real `boxinst serve` (the tritonserver binary of the nvidia-pytriton
+wheel) for the tests that talk to one."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.parity import BOX_TOL_PX, MIN_MASK_IOU, SCORE_TOL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repository_copy(dest: Path) -> Path:
+    """A copy of model_repository/ without a network (the test exports one into it)."""
+    from boxinst_serve.frames import FUSED_RAW_MODEL
+
+    shutil.copytree(ROOT / "model_repository", dest,
+                    ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_*", FUSED_RAW_MODEL))
+    return dest
+
+
+@contextlib.contextmanager
+def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
+    """`boxinst serve --repository repo` on free localhost ports, logs under root. Yields
+    {"url", "proc", "log"}; on exit stops it with SIGINT and asserts it exited 0."""
+    from boxinst_serve.client import BoxInstClient
+    from boxinst_serve.tritonserver import free_port
+
+    ports = [free_port() for _ in range(3)]
+    log = root / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
+                             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+                             "--metrics-port", str(ports[2]), "--log", str(root / "tritonserver.log")],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"127.0.0.1:{ports[0]}"
+    deadline = time.monotonic() + ready_timeout_s
+    with BoxInstClient(url, timeout_s=30) as probe:
+        while not probe.is_ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                tail = (root / "tritonserver.log").read_text()[-5000:] if (root / "tritonserver.log").exists() else ""
+                pytest.fail(f"boxinst serve did not come up:\n{log.read_text()}\n{tail}")
+            time.sleep(0.5)
+    try:
+        yield {"url": url, "proc": proc, "log": log}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            assert code == 0, log.read_text()
+
+
+def assert_same(got, ref):
+    """Same detections in the same order (boxes within BOX_TOL_PX, scores within SCORE_TOL, the same
+    classes), and masks with IoU >= MIN_MASK_IOU where one of the two is not empty; at least one
+    non-empty mask, so that agreement is never two empty masks (tolerances: tests/parity.py)."""
+    assert len(got) == len(ref) > 0
+    assert got.image_size == ref.image_size
+    np.testing.assert_allclose(got.boxes, ref.boxes, rtol=0, atol=BOX_TOL_PX)
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=0, atol=SCORE_TOL)
+    np.testing.assert_array_equal(got.classes, ref.classes)
+    compared = 0
+    for a, b in zip(got.masks, ref.masks):
+        union = (a | b).sum()
+        if union:
+            compared += 1
+            assert (a & b).sum() / union >= MIN_MASK_IOU
+    assert compared > 0, "every mask compared is empty"
+
+
+def encode(image_rgb: np.ndarray, ext: str) -> bytes:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR) if image_rgb.ndim == 3 else image_rgb)
+    assert ok
+    return buf.tobytes()
