@@ -67,7 +67,7 @@ def measure_video_ray(sources: str | Sequence[str], model: str, workers: Sequenc
                 if single.failed:
                     raise RuntimeError(f"single process: {single.failed[0].error}")
                 runs[0].append({"startup_s": load_s, "wall_s": single.processing_s,
-                                "frames": single.frames_processed, "identical": True})
+                                "frames": single.frames_processed, "identical": None})  # the reference
                 for n in workers:
                     out = Path(tmp) / f"ray{n}-{r}"
                     spec = PredictorSpec(model=model, threads=max(1, cpus // n))
@@ -88,7 +88,8 @@ def measure_video_ray(sources: str | Sequence[str], model: str, workers: Sequenc
         rows.append({"path": "boxinst video --ray" if n else "boxinst video", "workers": n,
                      "startup_s": statistics.median(run["startup_s"] for run in rs), "wall_s": wall,
                      "wall_s_runs": [run["wall_s"] for run in rs], "frames": frames, "frames_per_s": frames / wall,
-                     "wall_vs_single": wall / base, "identical": all(run["identical"] for run in rs)})
+                     "wall_vs_single": wall / base,
+                     "identical": None if n == 0 else all(run["identical"] for run in rs)})
     return {"videos": len(names), "cpus": cpus, "batch_size": batch_size, "repeats": repeats,
             "ray_init_s": ray_init_s, "rows": rows}
 
@@ -102,5 +103,5 @@ def format_video_ray(result: dict) -> str:
         each = ", ".join(f"{w:.1f}" for w in r["wall_s_runs"])
         lines.append(f"| {r['path']} | {r['workers'] or '-'} | {r['startup_s']:.1f} | {r['wall_s']:.1f} | {each} | "
                      f"{r['frames']} | {r['frames_per_s']:.2f} | {r['wall_vs_single']:.2f}x | "
-                     f"{'yes' if r['identical'] else 'NO'} |")
+                     f"{'(reference)' if r['identical'] is None else 'yes' if r['identical'] else 'NO'} |")
     return "\n".join(lines)

@@ -253,5 +253,7 @@ def test_bench_compares_the_single_process_with_ray_workers(cluster, videos, lit
                  "--repeats", "1", "--batch-sizes", str(BATCH), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["path"], r["workers"]) for r in result["rows"]] == [("boxinst video", 0), ("boxinst video --ray", 1)]
-    assert all(r["frames"] == NUM_FRAMES and r["wall_s"] > 0 and r["identical"] for r in result["rows"])
-    assert result["rows"][0]["wall_vs_single"] == 1.0 and result["rows"][1]["startup_s"] > 0
+    assert all(r["frames"] == NUM_FRAMES and r["wall_s"] > 0 for r in result["rows"])
+    # The Ray row's outputs were compared with the single process's (the reference, compared with nothing).
+    assert result["rows"][0]["identical"] is None and result["rows"][1]["identical"] is True
+    assert result["rows"][1]["startup_s"] > 0
