@@ -134,3 +134,25 @@ def check_against_oracle(name: str, boxes: np.ndarray, scores: np.ndarray, class
     assert len(report.matched) + len(report.tolerated) >= len(expected["scores"])
     assert report.nonempty_masks > 0, f"{label} {name}: no non-empty mask was compared"
     return report
+
+
+def assert_records_close(got: list[dict], want: list[dict]) -> int:
+    """`boxinst video` records (instances.jsonl lines) of the same frames: the same detections in
+    the same order, boxes within BOX_TOL_PX, scores within SCORE_TOL, the same classes, masks with
+    IoU >= MIN_MASK_IOU where one is not empty. Returns how many non-empty masks were compared."""
+    from pycocotools import mask as mask_utils
+
+    assert [r["frame"] for r in got] == [r["frame"] for r in want]
+    compared = 0
+    for a, b in zip(got, want):
+        assert len(a["instances"]) == len(b["instances"]), a["frame"]
+        for x, y in zip(a["instances"], b["instances"]):
+            assert x["class"] == y["class"], a["frame"]
+            assert max(abs(u - v) for u, v in zip(x["box"], y["box"])) <= BOX_TOL_PX, (a["frame"], x, y)
+            assert abs(x["score"] - y["score"]) <= SCORE_TOL, (a["frame"], x["score"], y["score"])
+            ma, mb = (mask_utils.decode({"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()})
+                      for r in (x, y))
+            if (ma | mb).any():
+                compared += 1
+                assert (ma & mb).sum() / (ma | mb).sum() >= MIN_MASK_IOU, a["frame"]
+    return compared

@@ -242,6 +242,27 @@ def test_video_lock_waits_then_names_the_folder(tmp_path):
         pass
 
 
+def test_with_a_checkpoint_and_default_flags_ray_gives_the_same_detections(cluster, videos, trained_lite, tmp_path):
+    """The guarantee with the defaults a user gets (a .pt checkpoint, default batch and threads):
+    the same detections as `boxinst video`, within float rounding (a worker's torch runs with the
+    threads Ray gives it, the single process with all cores: sums in another order), not byte for
+    byte. Byte-equality holds where the threads are the same: the .onnx runs above."""
+    from tests.parity import assert_records_close
+
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    sources = [str(videos / f"{n}.mp4") for n in CLIPS]
+    assert main(["video", *sources, "--out", str(single), "--model", str(trained_lite), "--quiet"]) == 0
+    assert main(["video", *sources, "--out", str(on_ray), "--model", str(trained_lite), "--ray", cluster,
+                 "--workers", "2", "--quiet"]) == 0
+    compared = sum(assert_records_close(read_jsonl(on_ray / n / JSONL), read_jsonl(single / n / JSONL))
+                   for n in CLIPS)
+    assert compared > 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_workers_that_do_not_fit_the_cluster_are_an_error(cluster, videos, lite_onnx, tmp_path):
     with pytest.raises(ValueError, match=r"needs 2 GPU\(s\); the Ray cluster has 1"):
         run_videos_on_ray(str(videos / "alpha.mp4"), tmp_path, PredictorSpec(model=str(lite_onnx)),
