@@ -48,7 +48,7 @@ def test_mask_statistics_count_inside_and_outside_the_box():
     logits[..., 2:4, 2:6] = 5.0  # half the box
     logits[..., 0, :] = 5.0  # a row outside: 8 of 48
     stats = mask_statistics(logits, box)
-    assert stats["mask_box_fill"] == 0.5 and stats["mask_outside_fill"] == pytest.approx(8 / 48)
+    assert float(stats["mask_box_fill"]) == 0.5 and float(stats["mask_outside_fill"]) == pytest.approx(8 / 48)
 
 
 def test_monitor_start_survives_a_resume():

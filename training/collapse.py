@@ -12,6 +12,7 @@ from `CHECK_FROM` of the schedule on names what looks wrong. The trainer writes 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Checks start at this share of the schedule (before it, masks are still being formed).
 CHECK_FROM = 0.25
@@ -32,16 +33,17 @@ BOX_FILL = 0.97
 class CollapseMonitor:
     """Accumulates per-iteration mask statistics; `window()` closes a logging window.
 
-    Its state is a few floats (`state_dict`/`load_state_dict`), saved in `last.pt` so that a
-    resumed run compares with the start of the original one."""
+    Values may be 0-d tensors: they are summed as they come and read (one device sync) only when a
+    window closes. Its state is two numbers (`state_dict`/`load_state_dict`), saved in `last.pt` so
+    that a resumed run compares with the start of the original one."""
 
     iters: int  # the schedule's length
-    start_sum: float = 0.0
+    start_sum: Any = 0.0  # float or 0-d tensor
     start_n: int = 0
     _sums: dict = field(default_factory=dict)
     _n: int = 0
 
-    def update(self, loss_prj: float, stats: dict[str, float]) -> None:
+    def update(self, loss_prj: Any, stats: dict[str, Any]) -> None:
         """One iteration: its projection loss and the criterion's mask statistics
         ({"mask_box_fill", "mask_outside_fill"}, empty when no instance had a box-only loss)."""
         if not stats:
@@ -51,7 +53,7 @@ class CollapseMonitor:
             self.start_n += 1
         self._n += 1
         for k, v in {"loss_prj": loss_prj, **stats}.items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+            self._sums[k] = self._sums.get(k, 0.0) + v
 
     def window(self, iteration: int) -> dict:
         """Close the window ending at `iteration`: {"loss_prj_mean", "mask_box_fill",
@@ -59,7 +61,7 @@ class CollapseMonitor:
         checks apply and something looks wrong. Empty when the window had no mask loss."""
         if not self._n:
             return {}
-        means = {k: v / self._n for k, v in self._sums.items()}
+        means = {k: float(v) / self._n for k, v in self._sums.items()}
         self._sums, self._n = {}, 0
         record = {"loss_prj_mean": round(means["loss_prj"], 4),
                   "mask_box_fill": round(means["mask_box_fill"], 4),
@@ -72,10 +74,10 @@ class CollapseMonitor:
 
     @property
     def start_prj(self) -> float | None:
-        return self.start_sum / self.start_n if self.start_n else None
+        return float(self.start_sum) / self.start_n if self.start_n else None
 
     def state_dict(self) -> dict:
-        return {"start_sum": self.start_sum, "start_n": self.start_n}
+        return {"start_sum": float(self.start_sum), "start_n": self.start_n}
 
     def load_state_dict(self, state: dict) -> None:
         self.start_sum, self.start_n = float(state["start_sum"]), int(state["start_n"])
@@ -100,15 +102,14 @@ def collapse_reasons(progress: float, prj_mean: float, prj_start: float | None, 
     return reasons
 
 
-def mask_statistics(mask_logits, box_masks) -> dict[str, float]:
+def mask_statistics(mask_logits, box_masks) -> dict[str, Any]:
     """mask_logits [N, 1, H, W] float, box_masks [N, 1, H, W] 0/1 -> {"mask_box_fill": share of
     the box pixels with score > 0.5, "mask_outside_fill": share of the pixels outside the boxes
-    with score > 0.5}, over all N instances together."""
+    with score > 0.5}, over all N instances together, as 0-d tensors (no device sync)."""
     on = mask_logits.detach() > 0
     inside = box_masks > 0.5
     n_in, n_out = inside.sum().clamp(min=1), (~inside).sum().clamp(min=1)
-    return {"mask_box_fill": float((on & inside).sum() / n_in),
-            "mask_outside_fill": float((on & ~inside).sum() / n_out)}
+    return {"mask_box_fill": (on & inside).sum() / n_in, "mask_outside_fill": (on & ~inside).sum() / n_out}
 
 
 def summary(reasons: dict[str, str], iteration: int) -> str:

@@ -343,7 +343,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
                     nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
-                monitor.update(float(losses["loss_prj"].detach()) if "loss_prj" in losses else 0.0, stats)
+                monitor.update(losses["loss_prj"].detach() if "loss_prj" in losses else 0.0, stats)
             iteration += 1
             bar.update(1)
             if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
