@@ -19,32 +19,26 @@ REQUIRE_ALL = os.environ.get("BOXINST_REQUIRE_ALL", "") not in ("", "0")
 ALLOWED_SKIPS = ("tensorrt", "cuda gpu", "pid was reused")
 
 
-def _forbidden_skip(report) -> str | None:
-    """The skip reason of a skipped report that BOXINST_REQUIRE_ALL turns into a failure, else None."""
+def _fail_forbidden_skip(report, what: str) -> None:
+    """Turn a skipped report into a failure where BOXINST_REQUIRE_ALL forbids the skip."""
     if not (REQUIRE_ALL and report.skipped) or hasattr(report, "wasxfail"):
-        return None
+        return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    return None if any(a in reason.lower() for a in ALLOWED_SKIPS) else reason
+    if not any(a in reason.lower() for a in ALLOWED_SKIPS):
+        report.outcome = "failed"
+        report.longrepr = f"BOXINST_REQUIRE_ALL is set, so {what} is a failure: {reason}"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    report = outcome.get_result()
-    reason = _forbidden_skip(report)
-    if reason is not None:
-        report.outcome = "failed"
-        report.longrepr = f"BOXINST_REQUIRE_ALL is set, so this skip is a failure: {reason}"
+    _fail_forbidden_skip(outcome.get_result(), "this skip")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     outcome = yield
-    report = outcome.get_result()
-    reason = _forbidden_skip(report)
-    if reason is not None:
-        report.outcome = "failed"
-        report.longrepr = f"BOXINST_REQUIRE_ALL is set, so skipping this module is a failure: {reason}"
+    _fail_forbidden_skip(outcome.get_result(), "skipping this module")
 
 
 @pytest.fixture(scope="session")
