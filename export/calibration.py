@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -60,16 +61,13 @@ def calibration_files(data_json: str | os.PathLike, images_dir: str | os.PathLik
 
 
 def padded_input_hw(path: Path, cfg: ModelConfig) -> tuple[int, int]:
-    """(Hp, Wp) of the network input `prepare_for` makes of one image file under `cfg`, read from
-    the file's header where it can be (PNG, JPEG), else by decoding it."""
+    """(Hp, Wp) of the network input `prepare_for` makes of one image file under `cfg` (decoded,
+    so that EXIF orientation counts as it does at inference)."""
     from boxinst_serve.config import padded_size, resized_shape
-    from boxinst_serve.preprocess import image_header_size, read_image
+    from boxinst_serve.preprocess import read_image
 
-    with open(path, "rb") as f:
-        hw = image_header_size(f.read(65536))
-    if hw is None:
-        hw = read_image(path).shape[:2]
-    h, w = resized_shape(hw[0], hw[1], cfg.min_size_test, cfg.max_size_test, cfg.resize)
+    h, w = read_image(path).shape[:2]
+    h, w = resized_shape(h, w, cfg.min_size_test, cfg.max_size_test, cfg.resize)
     return padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility)
 
 
@@ -96,9 +94,7 @@ class CalibrationImages:
     def __post_init__(self) -> None:
         if self.same_shape and self.files:
             shapes = [padded_input_hw(f, self.config) for f in self.files]
-            counts: dict[tuple[int, int], int] = {}
-            for hw in shapes:
-                counts[hw] = counts.get(hw, 0) + 1
+            counts = Counter(shapes)
             shape = max(counts, key=lambda hw: (counts[hw], hw))  # the most common; ties: the larger
             kept = [f for f, hw in zip(self.files, shapes) if hw == shape]
             if len(kept) < len(self.files):
