@@ -246,3 +246,22 @@ def test_model_parameters_as_the_cpu_steps_read_them():
     assert max_pixels_parameter({"max_pixels": "1000"}) == 1000
     assert onnxruntime_settings(model_parameters({})) == {"threads": 0, "spinning": True}  # ONNX Runtime's defaults
     assert onnxruntime_settings({"intra_op_spinning": "false"})["spinning"] is False
+
+
+def test_a_repository_exported_with_the_canvas_is_refused_with_what_to_do(tmp_path):
+    """Repositories of contract version 1 letterboxed onto a canvas (their answers differ from the
+    model's): the steps refuse to load them rather than keep answering wrongly."""
+    import json
+
+    from boxinst_serve.config import CONTRACT_VERSION, lite
+    from boxinst_serve.serving import ServingConfig
+
+    net = tmp_path / "boxinst_net"
+    net.mkdir()
+    (net / "boxinst_serving.json").write_text(json.dumps(
+        {"model_config": lite().to_dict(), "canvas": [256, 448], "max_pixels": 1000, "contract_version": "1"}))
+    with pytest.raises(ValueError, match="contract version 1, this runtime speaks 2: export the model again"):
+        ServingConfig.load(tmp_path)
+    assert CONTRACT_VERSION == "2"
+    ServingConfig(lite()).save(net)
+    assert ServingConfig.load(tmp_path).model.min_size_test == lite().min_size_test
