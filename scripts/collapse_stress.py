@@ -1,7 +1,7 @@
 """A quick stress test of box-only training from scratch: does the mask head learn, or saturate?
 
     python scripts/collapse_stress.py --seeds 0,1,2,3 [--lr 0.01] [--clip-grad 1.0] [--pairwise-warmup 400]
-                                      [--detector-first 150] [--controller-std 0.001]
+                                      [--detector-first 150] [--controller-std 0.001] [--mask-bias -2.2]
 
 The demo's schedule (1200 iterations: warm-up 13, pairwise warm-up 133, steps at 800 and 1067) on a
 harder, smaller set (40 shapes images of 128 px, batch 2), stopped after --stop iterations (300,
@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+class _Stop(Exception):
+    """Raised inside the loss at --stop (a Ctrl-C still stops the whole script)."""
+
+
 def run(seed: int, args: argparse.Namespace, data: dict, out: Path) -> dict:
     import torch
 
@@ -44,7 +48,7 @@ def run(seed: int, args: argparse.Namespace, data: dict, out: Path) -> dict:
 
     def losses(outputs, batch, model_cfg, loss_cfg, iteration, **kw):
         if iteration >= args.stop:
-            raise KeyboardInterrupt  # stop here: the metrics up to now are written
+            raise _Stop  # stop here: the metrics up to now are written
         if iteration < args.detector_first:
             loss_cfg = dataclasses.replace(loss_cfg, box_loss="none")
         return real_losses(outputs, batch, model_cfg, loss_cfg, iteration, **kw)
@@ -53,12 +57,15 @@ def run(seed: int, args: argparse.Namespace, data: dict, out: Path) -> dict:
         model = real_build(model_cfg)
         if args.controller_std:
             torch.nn.init.normal_(model.head.controller.weight, std=args.controller_std)
+        if args.mask_bias is not None:  # the dynamic head's last bias: the masks' starting logit
+            with torch.no_grad():
+                model.head.controller.bias[-1] = args.mask_bias
         return model
 
     trainer.compute_losses, trainer.build_model = losses, build
     try:
         trainer.train(lite().replace(min_size_test=128, max_size_test=160), cfg, data["train"], out, progress=False)
-    except KeyboardInterrupt:
+    except _Stop:
         pass
     finally:
         trainer.compute_losses, trainer.build_model = real_losses, real_build
@@ -80,6 +87,8 @@ def main() -> int:
     p.add_argument("--pairwise-warmup", type=int, default=0, help="iterations (default: 133, the scaled 10000)")
     p.add_argument("--detector-first", type=int, default=0)
     p.add_argument("--controller-std", type=float, default=0.0)
+    p.add_argument("--mask-bias", type=float, default=None,
+                   help="initial value of the controller's output for the dynamic head's last bias (default 0)")
     p.add_argument("--stop", type=int, default=300)
     args = p.parse_args()
     from training.shapes import make_shapes
