@@ -221,7 +221,8 @@ def _int8_options(args: argparse.Namespace):
         exclude = () if args.int8_float == "none" else tuple(g for g in args.int8_float.split(",") if g)
     return Int8Options(args.calibration, num_images=args.calibration_images,
                        method=args.calibration_method or DEFAULT_METHOD, exclude=exclude,
-                       images_dir=args.calibration_image_dir, cache=args.calibration_cache)
+                       images_dir=args.calibration_image_dir, cache=args.calibration_cache,
+                       reduce_range={"auto": None, "on": True, "off": False}[args.int8_reduce_range])
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -253,8 +254,9 @@ def _export(args: argparse.Namespace) -> int:
             print(f"INT8 ONNX model: {q} ({int8.method} calibration on {args.calibration}; float: "
                   f"{', '.join(int8.exclude) or 'only non-convolution ops'})")
         return 0
-    from export.tensorrt import build_engine
+    from export.tensorrt import build_engine, require_tensorrt
 
+    require_tensorrt()  # before any export work: the clear error first
     onnx_path = Path(args.onnx) if args.onnx else out / "model.onnx"
     if not onnx_path.exists():
         from export.onnx import export_onnx
@@ -755,6 +757,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--int8-float", default=None, metavar="GROUPS",
                    help="--int8: comma-separated convolution groups kept in float (first_conv, head_outputs, "
                         "mask_branch_out; 'none': every convolution in INT8; default head_outputs,mask_branch_out)")
+    s.add_argument("--int8-reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="--int8 with ONNX Runtime: 7-bit weights, which avoid saturation on x86 CPUs without VNNI "
+                        "(auto: on when the exporting CPU lacks VNNI; say on/off for the serving CPU)")
     s.set_defaults(func=cmd_export)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import DecodeError
 from onnxscript import opset18 as op
 
 from boxinst_serve.checkpoint import load_model
@@ -80,8 +81,11 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, max_d
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an ONNX file as a dict."""
-    model = onnx.load(str(path), load_external_data=False)
+    """metadata_props of an ONNX file as a dict (ValueError naming the file if it is not ONNX)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as exc:
+        raise ValueError(f"'{path}' is not an ONNX model ({exc}); export it again with `boxinst export`") from exc
     return {p.key: p.value for p in model.metadata_props}
 
 

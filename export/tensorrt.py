@@ -17,7 +17,7 @@ from export.calibration import CalibrationImages
 log = logging.getLogger(__name__)
 
 
-def _require_tensorrt():
+def require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -104,7 +104,7 @@ def build_engine(onnx_path: str | os.PathLike, min_shape: tuple[int, int, int], 
     if int8 and calibration is None and not (calibration_cache and Path(calibration_cache).is_file()):
         raise ValueError("an INT8 TensorRT build needs calibration images (--calibration DATA.json) or an existing "
                          "calibration cache")
-    trt = _require_tensorrt()
+    trt = require_tensorrt()
     onnx_path = Path(onnx_path)
     suffix = "_int8" if int8 else ("_fp16" if fp16 else "")
     out = Path(out_path) if out_path else onnx_path.with_name(onnx_path.stem + suffix + ".plan")

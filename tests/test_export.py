@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boxinst_serve.config import ModelConfig
+from boxinst_serve.config import CONTRACT_VERSION, ModelConfig
 from boxinst_serve.engines import load_engine
 from boxinst_serve.preprocess import prepare_batch, read_image
 
@@ -103,7 +103,7 @@ def test_metadata_carries_config_class_names_and_contract(exported):
     cfg = ModelConfig.from_json(meta["model_config"])
     assert cfg.name == "lite" and cfg.num_classes == 7
     assert json.loads(meta["class_names"]) == cfg.class_names
-    assert meta["contract_version"] == "1"
+    assert meta["contract_version"] == CONTRACT_VERSION == "2"  # v2: own-size padding (v1 letterboxed)
 
 
 def test_graph_uses_only_tensorrt_supported_ops_and_opset(exported):

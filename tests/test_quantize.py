@@ -210,7 +210,10 @@ def test_quantizing_an_int8_graph_again_is_refused(quantized, tiny_shapes, tmp_p
 def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float = 0.02) -> tuple[list[str], dict]:
     """Where two engines' contract outputs for the same batch disagree. Each detection of either
     with score >= min_score + margin is matched one to one to the other's detection of the same
-    class with the highest box IoU; it disagrees if that IoU is < 0.9 or their mask IoU is < 0.9.
+    class with the highest box IoU; it disagrees if that IoU is < 0.9 or their mask IoU is < 0.5
+    (a lost mask); the pooled mask IoU over all matched masks (counts["pooled_mask_iou"], which
+    the masks of a few pixels cannot swing: one pixel of a 7-px mask moves its own IoU by 0.14)
+    is for the caller to bound.
     Near-ties are not disagreements, as in tests/test_export.py: a detection whose twin box is
     missing because the other engine's NMS kept an overlapping box (IoU >= 0.5) of the same class
     with a score within `margin` (a near-tied suppression that any rounding can flip); and mask
@@ -219,6 +222,7 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
     Returns (messages, counts of compared detections, masks and near-tied swaps)."""
     problems: list[str] = []
     counts = {"detections": 0, "masks": 0, "nms_swaps": 0}
+    inter_sum = union_sum = 0
     for ref, other in ((a, b), (b, a)):
         for i in range(len(ref["num_detections"])):
             unused = set(range(int(other["num_detections"][i])))
@@ -245,23 +249,30 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
                 if union == 0:  # both empty where the reference decides
                     continue
                 counts["masks"] += 1
-                iou = (ma & mb & decided).sum() / union
-                if iou < 0.9:
-                    problems.append(f"image {i} detection {k}: mask IoU {iou:.3f}")
+                inter = (ma & mb & decided).sum()
+                inter_sum, union_sum = inter_sum + int(inter), union_sum + int(union)
+                iou = inter / union
+                if iou < 0.5:
+                    problems.append(f"image {i} detection {k}: mask IoU {iou:.3f} ({int(ma.sum())} vs {int(mb.sum())} px, "
+                                    f"{int(decided.sum())} decided)")
+    counts["pooled_mask_iou"] = inter_sum / max(union_sum, 1)
     return problems, counts
 
 
 def test_int8_detections_agree_with_fp32_on_a_trained_checkpoint(confident_lite, tiny_shapes, tmp_path):
-    """Same detections on shapes images (int8_disagreements: box IoU >= 0.9 and mask IoU >= 0.9
-    for every confident detection, near-ties aside)."""
+    """Same detections on shapes images (int8_disagreements: box IoU >= 0.9 and no lost mask for
+    every confident detection, near-ties aside; pooled mask IoU >= 0.9). The weights' range is
+    the default for this CPU (7-bit without VNNI, where 8-bit saturated: a lost mask on AVX2)."""
     from export.onnx import export_onnx
-    from export.quantize import Int8Options, quantize_exported
+    from export.quantize import Int8Options, cpu_has_vnni, quantization_info, quantize_exported
 
     fp32_path = export_onnx(confident_lite, tmp_path)
     int8_path = quantize_exported(fp32_path, Int8Options(tiny_shapes["train"]), tmp_path / "model_int8.onnx")
     batch, _ = prepare_batch(_images(tiny_shapes, 4), 128, 160)
     problems, counts = int8_disagreements(load_engine(fp32_path)(batch), load_engine(int8_path)(batch))
+    assert ("7-bit" in quantization_info(int8_path)["weights"]) == (not cpu_has_vnni())
     assert not problems, problems
+    assert counts["pooled_mask_iou"] >= 0.9, counts
     assert counts["detections"] >= 8 and counts["masks"] >= 6, f"the check needs confident detections: {counts}"
     assert counts["nms_swaps"] <= counts["detections"] // 5, counts
 
