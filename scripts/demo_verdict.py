@@ -16,14 +16,15 @@ def main(eval_json: str, metrics_jsonl: str) -> int:
     report = json.loads(Path(eval_json).read_text())
     verdict = report["verdict"]
     print(f"{verdict['line']}; box AP {report['bbox']['AP']:.1f}")
-    collapse = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines()]
-    collapse = [r for r in collapse if "collapse" in r]
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines()]
+    collapse = [r for r in records if "collapse" in r]
     if collapse:
         print(f"training warned that the mask head was not learning in {len(collapse)} logging window(s), first at "
-              f"iteration {collapse[0]['iteration']}: {'; '.join(collapse[0]['collapse'].values())}")
+              f"iteration {collapse[0]['iteration']}: {'; '.join(collapse[0]['collapse'].values())}"
+              + ("; still at the end" if "collapse" in records[-1] else "; not at the end"))
     if not verdict["masks_beat_boxes"]:
         print("make demo FAILED: this model's masks are no better than its boxes, so box-only training did not work "
-              f"here. Look at {metrics_jsonl} (loss_prj_mean, mask_box_fill, mask_outside_fill) and docs/results.md, "
+              f"here. Look at {metrics_jsonl} (loss_prj_mean, mask_box_fill, mask_outside_fill, mask_spill) and docs/results.md, "
               "\"Seeds\"; train again with another --seed or a lower --lr.", file=sys.stderr)
         return 1
     return 0

@@ -50,6 +50,13 @@ def collapse_events(run: Path) -> list[dict]:
     return events
 
 
+def collapse_at_end(run: Path) -> dict:
+    """The collapse reasons of the training's last logging window ({} when it looked well)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if '"iteration"' in line and "replica" not in line]
+    return records[-1].get("collapse", {}) if records else {}
+
+
 def run_seed(out: Path, train_json: Path, seed: int, extra: list[str]) -> dict:
     run = out / f"seed{seed}"
     t0 = time.time()
@@ -65,7 +72,7 @@ def run_seed(out: Path, train_json: Path, seed: int, extra: list[str]) -> dict:
             "class_agnostic": report["segm_class_agnostic"]["AP"],
             "class_agnostic_filled_boxes": report["segm_filled_boxes_class_agnostic"]["AP"],
             "masks_beat_boxes": report["verdict"]["masks_beat_boxes"],
-            "collapse_warnings": len(collapse_events(run))}
+            "collapse_warnings": len(collapse_events(run)), "collapse_at_end": collapse_at_end(run)}
 
 
 def main(argv: list[str] | None = None) -> int:
