@@ -104,9 +104,10 @@ def test_documented_lite_command_trains_within_a_memory_bound(crowded_photos, tm
     assert "lr 0.0025 (the paper's 0.01 at batch 16, scaled linearly to batch 4" in done.stderr
     assert config["device"] == "cpu"
     assert (config["model"]["min_size_test"], config["model"]["max_size_test"]) == (256, 448)
-    # The estimate the guard used covers what the process really took, without crying wolf.
+    # The estimate the guard used covers what the process really took, without crying wolf (its
+    # margin over steady-state peaks of long runs: docs/benchmarks.md, "Training").
     estimate = config["estimated_peak_memory_gb"]
-    assert peak_gb * 0.95 <= estimate <= 2.0 * peak_gb, (estimate, peak_gb)
+    assert peak_gb <= estimate <= 2.0 * peak_gb, (estimate, peak_gb)
     assert "short side 192/224/256" in done.stderr and "estimated peak memory" in done.stderr
 
 

@@ -26,9 +26,10 @@ from boxinst_serve.config import ModelConfig, padded_size
 from training.config import LossConfig
 
 PROBE_SIZE = 256
-# Calibrated on measured peaks of the first steps (lite at 256/512/800 px, batch 2 and 4; r50_fpn at
-# 384 px; docs/benchmarks.md, "Training"): a step's growth of resident memory was 0.26 GB plus 1.86x
-# the saved bytes; these round both up, so the estimate was 5-15% above every measured peak.
+# Calibrated on the growth of resident memory in the first steps (lite at 256/512/800 px, batch 2
+# and 4; r50_fpn at 384 px): 0.26 GB plus 1.86x the saved bytes, both rounded up here. Checked on
+# steady-state peaks (100-300 iterations of each setting, docs/benchmarks.md, "Training"): the
+# estimate is 9-14% above every one of them.
 # The backward pass frees saved tensors as it goes but holds their gradients meanwhile.
 BACKWARD_FACTOR = 2.0
 # The first step's fixed cost: the kernels' workspaces and what the allocator keeps.
