@@ -253,8 +253,8 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
                 inter_sum, union_sum = inter_sum + int(inter), union_sum + int(union)
                 iou = inter / union
                 if iou < 0.5:
-                    problems.append(f"image {i} detection {k}: mask IoU {iou:.3f} ({int(ma.sum())} vs {int(mb.sum())} px, "
-                                    f"{int(decided.sum())} decided)")
+                    problems.append(f"image {i} detection {k}: mask IoU {iou:.3f} "
+                                    f"({int(ma.sum())} vs {int(mb.sum())} px, {int(decided.sum())} decided)")
     counts["pooled_mask_iou"] = inter_sum / max(union_sum, 1)
     return problems, counts
 

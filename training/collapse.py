@@ -9,8 +9,8 @@ detector works, the projection loss is low, and yet the masks are worse than the
 `CollapseMonitor` keeps, per logging window, the mean projection loss and how much of the
 sampled instances' boxes, and of the pixels outside them, their masks mark (score > 0.5), and
 the spill (pixels marked outside the boxes per box pixel); from `CHECK_FROM` of the schedule on
-it names what looks wrong, and from `SHAPE_CHECK_FROM` on also masks that are blobs. The trainer writes the reasons into
-`metrics.jsonl` (key "collapse") and the log.
+it names what looks wrong, and from `SHAPE_CHECK_FROM` on also masks that are blobs. The trainer
+writes the reasons into `metrics.jsonl` (key "collapse") and the log.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class CollapseMonitor:
 
     def window(self, iteration: int) -> dict:
         """Close the window ending at `iteration`: {"loss_prj_mean", "mask_box_fill",
-        "mask_outside_fill", "mask_spill"} (means over its iterations), plus "collapse": {kind: reason} once the
-        checks apply and something looks wrong. Empty when the window had no mask loss."""
+        "mask_outside_fill", "mask_spill"} (means over its iterations), plus "collapse": {kind:
+        reason} once the checks apply and something looks wrong. Empty when the window had no mask loss."""
         if not self._n:
             return {}
         means = {k: float(v) / self._n for k, v in self._sums.items()}
