@@ -25,8 +25,8 @@ def main(eval_json: str, metrics_jsonl: str) -> int:
     if not verdict["masks_beat_boxes"]:
         print("make demo FAILED: this model's masks are no better than its boxes, so box-only training did not work "
               f"here. Look at {metrics_jsonl} (loss_prj_mean, mask_box_fill, mask_outside_fill, mask_spill) and "
-              "docs/results.md, "
-              "\"Seeds\"; train again with another --seed or a lower --lr.", file=sys.stderr)
+              "docs/results.md, \"Box-only training over seeds\"; train again with another --seed or a longer "
+              "--iters.", file=sys.stderr)
         return 1
     return 0
 

@@ -3,7 +3,8 @@
 Box-only training can fail silently: the detection losses fall, while the mask head settles on
 masks that cover their boxes or the whole image. The projection term then stays near its start
 (masks covering the image give dice ~0.5 per axis for a box a third of the image wide) and the
-pairwise term is satisfied by a uniform mask, so nothing pulls it out (docs/results.md, "Seeds").
+pairwise term is satisfied by a uniform mask, so nothing pulls it out (docs/results.md, "Box-only
+training over seeds").
 A subtler failure: masks that mark most of their box and spill beyond it (blobs, no shapes). The
 detector works, the projection loss is low, and yet the masks are worse than the filled boxes.
 `CollapseMonitor` keeps, per logging window, the mean projection loss and how much of the
@@ -21,7 +22,7 @@ from typing import Any
 CHECK_FROM = 0.25
 # The projection loss (mean over a logging window) still at this share of its start or above:
 # measured runs that learned masks are at 0.1-0.25 of it by a quarter of the schedule, collapsed
-# ones at 0.7-0.85 (docs/results.md, "Seeds").
+# ones at 0.7-0.85 (docs/results.md, "Box-only training over seeds").
 PROJECTION_RATIO = 0.5
 # The iterations whose projection loss is the start (the mean of the first ones with a mask loss).
 START_ITERS = 5
@@ -134,6 +135,7 @@ def mask_statistics(mask_logits, box_masks) -> dict[str, Any]:
 def summary(reasons: dict[str, str], iteration: int) -> str:
     """The warning line for the log."""
     return (f"iteration {iteration}: the mask head does not look like it is learning: " + "; ".join(reasons.values())
-            + ". The masks of this run may be no better than its boxes: check `boxinst eval`'s verdict; a lower "
-            "--lr or a longer --warmup-iters usually helps (docs/results.md, \"Seeds\")")
+            + ". The masks of this run may be no better than its boxes: check `boxinst eval`'s verdict; "
+            "saturated masks call for a smaller step (--lr), blobs for a longer --iters or another --seed "
+            "(docs/results.md, \"Box-only training over seeds\")")
 
