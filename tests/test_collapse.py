@@ -40,7 +40,8 @@ def test_reasons_from_measured_windows():
     assert set(collapse_reasons(0.8, 0.05, 0.92, 0.99, 0.01)) == {"box_fill"}
     # Nothing is judged before CHECK_FROM of the schedule.
     assert collapse_reasons(CHECK_FROM - 0.01, 1.10, 0.92, 1.0, 1.0) == {}
-    # The demo recipe's final checkpoints, replayed on training batches (docs/results.md, "Box-only training over seeds"):
+    # The demo recipe's final checkpoints, replayed on training batches (docs/results.md, "Box-only
+    # training over seeds"):
     # masks that beat the filled boxes (seed 0 at lr 0.0025; seed 1 at 0.01) ...
     assert collapse_reasons(1.0, 0.15, 0.95, 0.738, 0.01, 0.180) == {}
     assert collapse_reasons(1.0, 0.12, 0.95, 0.624, 0.01, 0.036) == {}
