@@ -58,8 +58,7 @@ def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (AVX-512 VNNI or AVX-VNNI), read from /proc/cpuinfo (False
     where that cannot be read). ONNX Runtime's uint8 x int8 convolutions can saturate their 16-bit
     intermediate sums on AVX2/AVX-512 CPUs without VNNI; its advice there is 7-bit weights
-    (reduce_range). Seen in one CI run (CPU not recorded): the agreement test's INT8 model lost a
-    detection and a mask (IoU 0.0) with 8-bit weights, which a VNNI machine keeps."""
+    (reduce_range). Not measured on a CPU without VNNI."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
