@@ -84,15 +84,20 @@ def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters:
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2")  # what ONNX Runtime's INT8 kernels use, best first
 
 
-def machine_description(cpuinfo: str | None = None) -> str:
-    """'<CPU model>, N logical CPUs, <vector ISA>': the ISA matters for INT8 (VNNI or not).
-    cpuinfo: /proc/cpuinfo's text (read when None)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text ('' where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_model_and_flags(cpuinfo: str) -> tuple[str, set[str]]:
+    """(CPU model name, ISA flags of the first CPU) from /proc/cpuinfo's text."""
     cpu, flags = platform.processor() or platform.machine(), set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -101,10 +106,19 @@ def machine_description(cpuinfo: str | None = None) -> str:
         elif key.strip() == "flags":
             flags = set(value.split())
             break
+    return cpu, flags
+
+
+def machine_description(cpuinfo: str | None = None) -> str:
+    """'<CPU model>, N logical CPUs, <vector ISA>': the ISA matters for INT8 (VNNI or not).
+    cpuinfo: /proc/cpuinfo's text (read when None)."""
+    if cpuinfo is None:
+        cpuinfo = read_cpuinfo()
+    cpu, flags = cpu_model_and_flags(cpuinfo)
     isa = [f for f in INT8_FLAGS if f in flags]
     if not cpuinfo:
         isa_text = ""
-    elif "avx512_vnni" in isa or "avx_vnni" in isa:
+    elif any(f in isa for f in VNNI_FLAGS):
         isa_text = ", VNNI (" + " ".join(isa) + ")"
     else:
         isa_text = ", no VNNI (" + (" ".join(isa) or "no AVX2") + ")"

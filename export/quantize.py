@@ -59,16 +59,9 @@ def cpu_has_vnni() -> bool:
     where that cannot be read). ONNX Runtime's uint8 x int8 convolutions can saturate their 16-bit
     intermediate sums on AVX2/AVX-512 CPUs without VNNI; its advice there is 7-bit weights
     (reduce_range). Not measured on a CPU without VNNI."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_vnni", "avx_vnni"})
+    from boxinst_serve.bench import VNNI_FLAGS, cpu_model_and_flags, read_cpuinfo
+
+    return bool(cpu_model_and_flags(read_cpuinfo())[1] & set(VNNI_FLAGS))
 
 
 def conv_weights(model) -> dict[str, str]:
