@@ -38,23 +38,21 @@ def make_data(out: Path) -> Path:
     return data / "train.json"
 
 
-def collapse_events(run: Path) -> list[dict]:
-    """The collapse warnings training wrote into run/metrics.jsonl."""
-    events = []
+def training_windows(run: Path) -> list[dict]:
+    """The logging windows training wrote into run/metrics.jsonl (not the replicas' final line)."""
     path = run / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            if "collapse" in rec:
-                events.append(rec)
-    return events
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if "replica_checksums" not in r]
 
 
-def collapse_at_end(run: Path) -> dict:
-    """The collapse reasons of the training's last logging window ({} when it looked well)."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if '"iteration"' in line and "replica" not in line]
-    return records[-1].get("collapse", {}) if records else {}
+def collapse_summary(run: Path) -> dict:
+    """{"collapse_warnings": windows with a collapse warning, "collapse_at_end": the last
+    window's reasons ({} when it looked well)}."""
+    windows = training_windows(run)
+    return {"collapse_warnings": sum("collapse" in w for w in windows),
+            "collapse_at_end": windows[-1].get("collapse", {}) if windows else {}}
 
 
 def run_seed(out: Path, train_json: Path, seed: int, extra: list[str]) -> dict:
@@ -72,7 +70,7 @@ def run_seed(out: Path, train_json: Path, seed: int, extra: list[str]) -> dict:
             "class_agnostic": report["segm_class_agnostic"]["AP"],
             "class_agnostic_filled_boxes": report["segm_filled_boxes_class_agnostic"]["AP"],
             "masks_beat_boxes": report["verdict"]["masks_beat_boxes"],
-            "collapse_warnings": len(collapse_events(run)), "collapse_at_end": collapse_at_end(run)}
+            **collapse_summary(run)}
 
 
 def main(argv: list[str] | None = None) -> int:
