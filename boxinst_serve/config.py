@@ -247,3 +247,20 @@ def pad_value(cfg: ModelConfig) -> tuple[int, int, int]:
 def padded_size(size: int, divisibility: int) -> int:
     """Smallest multiple of `divisibility` >= size."""
     return (size + divisibility - 1) // divisibility * divisibility
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """A size as written on a command line: '512' -> (512, 512); '800x1333' -> (800, 1333) as H x W.
+    An argparse `type=`: a malformed size raises argparse.ArgumentTypeError, which argparse reports
+    as the usage error."""
+    import argparse
+
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")

@@ -19,7 +19,7 @@ from onnxscript import opset18 as op
 
 from boxinst_serve.checkpoint import load_model
 from boxinst_serve.config import CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAMES, padded_size
-from boxinst_serve.model.postprocess import InferenceModel
+from boxinst_serve.model.detect import InferenceModel
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18

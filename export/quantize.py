@@ -59,7 +59,7 @@ def cpu_has_vnni() -> bool:
     where that cannot be read). ONNX Runtime's uint8 x int8 convolutions can saturate their 16-bit
     intermediate sums on AVX2/AVX-512 CPUs without VNNI; its advice there is 7-bit weights
     (reduce_range). Not measured on a CPU without VNNI."""
-    from boxinst_serve.bench import VNNI_FLAGS, cpu_model_and_flags, read_cpuinfo
+    from boxinst_serve.measure import VNNI_FLAGS, cpu_model_and_flags, read_cpuinfo
 
     return bool(cpu_model_and_flags(read_cpuinfo())[1] & set(VNNI_FLAGS))
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from boxinst_serve.config import INPUT_NAME, ModelConfig
 from boxinst_serve.files import replace_dir
-from boxinst_serve.serving import NET_MODEL, ServingConfig
+from boxinst_serve.protocol import ENSEMBLE_MODEL, NET_MODEL
+from boxinst_serve.serving import ServingConfig
 from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     repository = Path(repository)
-    if not (repository / "boxinst" / "config.pbtxt").is_file():
+    if not (repository / ENSEMBLE_MODEL / "config.pbtxt").is_file():
         log.warning("%s has no boxinst ensemble config: copy model_repository/ from this project first", repository)
     final = repository / NET_MODEL
     work = repository / f".{NET_MODEL}.tmp"

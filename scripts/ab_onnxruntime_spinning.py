@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from boxinst_serve.bench_frames import frame_of, in_process_runner
+from boxinst_serve.apps.bench.frames import frame_of, in_process_runner
 from boxinst_serve.client import BoxInstClient
 
 

@@ -8,7 +8,7 @@
 #   PYTHON=/path/to/python bash scripts/gpu_bench.sh --out /tmp/gpu --iters 50
 #   bash scripts/gpu_bench.sh --device cpu --configs r50_fpn --size 64x96 --batches 1 --iters 1   # smoke test
 #
-# Any option of `python -m boxinst_serve.bench_gpu --help` can be passed.
+# Any option of `python -m boxinst_serve.apps.bench.gpu --help` can be passed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -17,4 +17,4 @@ if ! "$PYTHON" -c "import torch, torchvision, numpy" 2>/dev/null; then
     exit 2
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PYTHON" -m boxinst_serve.bench_gpu "$@"
+exec "$PYTHON" -m boxinst_serve.apps.bench.gpu "$@"

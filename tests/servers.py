@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def repository_copy(dest: Path) -> Path:
     """A copy of model_repository/ without a network (the test exports one into it)."""
-    from boxinst_serve.frames import FUSED_RAW_MODEL
+    from boxinst_serve.protocol import FUSED_RAW_MODEL
 
     shutil.copytree(ROOT / "model_repository", dest,
                     ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_*", FUSED_RAW_MODEL))
@@ -33,7 +33,7 @@ def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
     """`boxinst serve --repository repo` on free localhost ports, logs under root. Yields
     {"url", "proc", "log"}; on exit stops it with SIGINT and asserts it exited 0."""
     from boxinst_serve.client import BoxInstClient
-    from boxinst_serve.tritonserver import free_port
+    from boxinst_serve.serving.server import free_port
 
     ports = [free_port() for _ in range(3)]
     log = root / "serve.log"

@@ -12,7 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from boxinst_serve.annotate import annotate, box_region, mask_iou_report
+from boxinst_serve.apps.annotate import annotate, box_region, mask_iou_report
 from boxinst_serve.cli import main
 
 

@@ -1,10 +1,14 @@
-"""The FLOP count that `boxinst bench` reports, against hand counts."""
+"""The FLOP count that `boxinst bench` reports, against hand counts; `boxinst bench` itself on a
+checkpoint (.pt) and on an exported model (.onnx) given as --checkpoint."""
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from boxinst_serve.bench import dense_flops_per_s, network_flops
+from boxinst_serve.apps.bench.engines import dense_flops_per_s, network_flops
 from boxinst_serve.config import lite
 from boxinst_serve.model import build_model
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
@@ -53,10 +57,71 @@ def test_dense_throughput_is_measured():
 
 
 def test_machine_description_names_the_int8_instruction_set():
-    from boxinst_serve.bench import machine_description
+    from boxinst_serve.measure import machine_description
 
     vnni = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
     avx2 = "processor\t: 0\nmodel name\t: EPYC\nflags\t\t: fpu sse avx2 fma\n"
     assert machine_description(vnni).endswith("VNNI (avx512_vnni avx512f avx2)")
     assert machine_description(vnni).startswith("Xeon, ")
     assert machine_description(avx2).endswith("no VNNI (avx2)")
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory) -> dict:
+    """A freshly initialised `lite` checkpoint at test size 64x96 and its ONNX export: speed and the
+    bench's paths do not depend on the weights."""
+    from boxinst_serve.checkpoint import save_atomic
+    from export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("bench_models")
+    cfg = lite(num_classes=3).replace(min_size_test=64, max_size_test=96)
+    torch.manual_seed(0)
+    save_atomic({"model": build_model(cfg).state_dict(), "model_config": cfg.to_dict()}, root / "model.pt")
+    return {"pt": root / "model.pt", "onnx": export_onnx(root / "model.pt", root / "onnx")}
+
+
+def _bench_json(capsys, *argv: str) -> dict:
+    from boxinst_serve.cli import main
+
+    assert main(["bench", *argv, "--iters", "2", "--warmup", "1", "--no-stages", "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bench_of_a_checkpoint_compares_torch_and_onnxruntime(small_models, capsys):
+    out = _bench_json(capsys, "--checkpoint", str(small_models["pt"]))
+    assert [r["engine"] for r in out["reports"]] == ["torch", "onnxruntime"]
+    assert out["machine"] and out["dense_gflops_per_s"] > 0
+    for r in out["reports"]:
+        assert r["input_hw"] == [64, 64]  # the 512x512 random image at the checkpoint's test size 64x96
+        assert r["p50_ms"] > 0 and r["gflops"] > 0
+
+
+def test_bench_runs_an_onnx_model_given_as_checkpoint_alone(small_models, capsys):
+    # The engine benchmark used to torch.load every --checkpoint: "Unsupported operand" on an .onnx file.
+    out = _bench_json(capsys, "--checkpoint", str(small_models["onnx"]))
+    assert [r["engine"] for r in out["reports"]] == ["onnxruntime"]
+    (report,) = out["reports"]
+    assert report["input_hw"] == [64, 64] and report["p50_ms"] > 0
+    assert report["gflops"] > 0 and report["efficiency"] > 0  # FLOPs of the config in the ONNX metadata
+
+
+@pytest.mark.parametrize("flags, message", [(("--engines", "torch,onnxruntime"), "runs on onnxruntime alone"),
+                                            (("--size", "128"), "--size changes the model's config"),
+                                            (("--score-thresh", "0"), "--score-thresh changes the model's config")])
+def test_bench_of_an_onnx_model_refuses_what_needs_a_checkpoint(small_models, capsys, flags, message):
+    from boxinst_serve.cli import main
+
+    assert main(["bench", "--checkpoint", str(small_models["onnx"]), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ".pt checkpoint" in err
+
+
+def test_bench_checkpoint_with_another_suffix_is_an_error_naming_what_it_takes(tmp_path, capsys):
+    from boxinst_serve.cli import main
+
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"not a model")
+    assert main(["bench", "--checkpoint", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "boxinst bench: error: --checkpoint takes" in err
+    assert all(s in err for s in (".pt", ".onnx", ".plan", "model.bin"))

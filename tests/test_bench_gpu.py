@@ -1,4 +1,4 @@
-"""The GPU check (scripts/gpu_bench.sh -> boxinst_serve.bench_gpu) runs end to end on the CPU at a
+"""The GPU check (scripts/gpu_bench.sh -> boxinst_serve.apps.bench.gpu) runs end to end on the CPU at a
 tiny size with OpenCV, pycocotools, ONNX, ONNX Runtime and TensorRT unimportable, as on a bare GPU
 machine with only torch/torchvision/numpy; its device-side mask pasting equals the CPU path's."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_gpu_bench_script_runs_on_cpu_with_only_torch(bare_env, tmp_path):
 def test_device_mask_pasting_equals_the_cpu_path():
     import torch
 
-    from boxinst_serve.bench_gpu import paste_masks_on_device
+    from boxinst_serve.apps.bench.gpu import paste_masks_on_device
     from boxinst_serve.postprocess import paste_masks
     from boxinst_serve.preprocess import ImageMeta
 

@@ -13,7 +13,7 @@ import torch
 
 from boxinst_serve.config import OUTPUT_NAMES, lite
 from boxinst_serve.model import build_model
-from boxinst_serve.model.postprocess import InferenceModel
+from boxinst_serve.model.detect import InferenceModel
 from boxinst_serve.postprocess import paste_masks
 from boxinst_serve.preprocess import ImageMeta, prepare_for
 from tests.parity import Detections, compare

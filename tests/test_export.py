@@ -124,7 +124,7 @@ def test_graph_uses_only_tensorrt_supported_ops_and_opset(exported):
 
 
 def test_segment_gives_the_same_instances_with_onnx_and_checkpoint(exported, tiny_shapes, tmp_path):
-    from boxinst_serve.segment import segment_paths
+    from boxinst_serve.apps.segment import segment_paths
 
     paths = sorted(Path(tiny_shapes["images"]).glob("*.png"))[:3]
     reports = {}

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from boxinst_serve.frames import check_frame
-from boxinst_serve.shm import ALIGN, clean_stale, is_stale, output_layout, owner_tag, process_start_ticks
+from boxinst_serve.protocol import check_frame
+from boxinst_serve.client.shm import ALIGN, clean_stale, is_stale, output_layout, owner_tag, process_start_ticks
 
 
 def test_check_frame_accepts_rgb_uint8_with_or_without_the_batch_dimension():
@@ -120,7 +120,7 @@ def test_closing_a_region_waits_until_the_server_lets_go_of_it(monkeypatch):
     the last request that used the region; close() must retry, not leave it registered."""
     import tritonclient.utils.shared_memory as shm_utils
 
-    from boxinst_serve.shm import Region
+    from boxinst_serve.client.shm import Region
 
     class Server:
         def __init__(self, busy: int, error: str = "it is currently in use"):

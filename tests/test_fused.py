@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL
-from boxinst_serve.fused import FramePipeline
+from boxinst_serve.protocol import FUSED_RAW_MODEL, RAW_MODEL
+from boxinst_serve.serving.fused import FramePipeline
 from boxinst_serve.postprocess import instances_for
 from boxinst_serve.results import Instances
 from boxinst_serve.preprocess import prepare_for
@@ -143,7 +143,7 @@ def test_client_sends_raw_frames_to_the_fused_model_only_where_the_server_has_it
     pytest.importorskip("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException
 
-    from boxinst_serve.client import BoxInstError, _pick_raw_model
+    from boxinst_serve.client.grpc_client import BoxInstError, _pick_raw_model
 
     assert _pick_raw_model(True) == FUSED_RAW_MODEL
     assert _pick_raw_model(False) == RAW_MODEL

@@ -10,7 +10,7 @@ from boxinst_serve.config import OUTPUT_NAMES, ModelConfig, lite, preset, r50_fp
 from boxinst_serve.model import build_model
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits, relative_coords, split_dynamic_params
 from boxinst_serve.model.layers import aligned_bilinear, compute_locations
-from boxinst_serve.model.postprocess import InferenceModel
+from boxinst_serve.model.detect import InferenceModel
 
 
 def test_controller_parameter_count_matches_spec():

@@ -15,7 +15,7 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships 
 pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import BoxInstClient  # noqa: E402
-from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
+from boxinst_serve.protocol import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
 from boxinst_serve.preprocess import read_image  # noqa: E402
 from tests.parity import ORACLE, ORACLE_IMAGES, check_against_oracle  # noqa: E402
 from tests.servers import repository_copy, running_server  # noqa: E402

@@ -26,13 +26,14 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import AsyncBoxInstClient, BoxInstClient, BoxInstError, BoxInstTimeout  # noqa: E402
 from boxinst_serve.engines import load_engine  # noqa: E402
-from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
+from boxinst_serve.protocol import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
 from boxinst_serve.postprocess import instances_for  # noqa: E402
 from boxinst_serve.preprocess import decode_image, prepare_for  # noqa: E402
-from boxinst_serve.tritonserver import free_port  # noqa: E402
+from boxinst_serve.serving.server import free_port  # noqa: E402
 from tests.servers import assert_same, encode, repository_copy, running_server  # noqa: E402
-from boxinst_serve.serving import CONTRACT_VERSION, ServingConfig  # noqa: E402
-from boxinst_serve.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
+from boxinst_serve.config import CONTRACT_VERSION  # noqa: E402
+from boxinst_serve.serving import ServingConfig  # noqa: E402
+from boxinst_serve.client.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW_MAX_PIXELS = 2_000_000
@@ -562,7 +563,7 @@ def test_bench_by_input_path_reports_where_the_time_goes(served, capsys):
 
 
 def test_cpu_net_runs_onnx_runtime_without_spinning_threads(served):
-    from boxinst_serve.bench_frames import served_engine_settings
+    from boxinst_serve.apps.bench.frames import served_engine_settings
     from export.triton import net_config
 
     assert served_engine_settings(served["url"]) == {"threads": 0, "spinning": False}

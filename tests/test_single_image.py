@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boxinst_serve.annotate as annotate_mod
-import boxinst_serve.segment as segment_mod
+import boxinst_serve.apps.annotate as annotate_mod
+import boxinst_serve.apps.segment as segment_mod
 import boxinst_serve.preprocess as preprocess_mod
 import training.evaluate as evaluate_mod
 

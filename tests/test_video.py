@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from boxinst_serve.cli import main
-from boxinst_serve.video import DONE, JSONL, OVERLAY, recover_jsonl
+from boxinst_serve.apps.video.pipeline import DONE, JSONL, OVERLAY, recover_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 12
@@ -211,7 +211,7 @@ def server_url(trained_lite, onnx_model, tmp_path_factory):
     pytest.importorskip("tritonclient.grpc")
     from export.triton import write_triton_net
 
-    from boxinst_serve.tritonserver import TritonServer, free_port
+    from boxinst_serve.serving.server import TritonServer, free_port
 
     repo = tmp_path_factory.mktemp("video_serving") / "model_repository"
     shutil.copytree(ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("boxinst_net", ".boxinst_net*"))
@@ -265,7 +265,7 @@ def no_instances(frames):
 
 
 def scripted(monkeypatch, frame_count: int, bad: set[int]):
-    import boxinst_serve.video as video
+    import boxinst_serve.apps.video.pipeline as video
 
     monkeypatch.setattr(video, "_open", lambda source, label: (ScriptedCapture(frame_count, bad),
                                                                np.zeros((32, 48, 3), np.uint8)))

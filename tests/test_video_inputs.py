@@ -1,4 +1,4 @@
-"""Which videos a `boxinst video` run reads and where their outputs go (boxinst_serve.video_inputs):
+"""Which videos a `boxinst video` run reads and where their outputs go (boxinst_serve.apps.video.inputs):
 files, folders, globs and list files, each file once, output folder names that never clash."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from boxinst_serve.video_inputs import DONE, collect_video_files, output_dirs, plan_videos
+from boxinst_serve.apps.video.inputs import DONE, collect_video_files, output_dirs, plan_videos
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is the `cluster` extra (make install installs it)")
 
 from boxinst_serve.cli import main  # noqa: E402
-from boxinst_serve.video import DONE, JSONL, engine_batch_predictor, process_videos  # noqa: E402
-from boxinst_serve.video_ray import (LOCK, PredictorSpec, RayConfig, VideoLocked, run_videos_on_ray,  # noqa: E402
+from boxinst_serve.apps.video.pipeline import DONE, JSONL, engine_batch_predictor, process_videos  # noqa: E402
+from boxinst_serve.apps.video.ray import (LOCK, PredictorSpec, RayConfig, VideoLocked, run_videos_on_ray,  # noqa: E402
                                      video_lock)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,7 @@ def test_a_worker_killed_mid_video_leaves_complete_output(cluster, videos, lite_
 
 DRIVER = """
 import sys, time
-from boxinst_serve.video_ray import PredictorSpec, RayConfig, run_videos_on_ray
+from boxinst_serve.apps.video.ray import PredictorSpec, RayConfig, run_videos_on_ray
 
 class Slow:
     '''The model plus 0.3 s a batch: a 12-frame clip takes over a second.'''

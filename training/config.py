@@ -205,3 +205,45 @@ class TrainConfig:
             if k in d:
                 d[k] = tuple(d[k])
         return cls(loss=loss, **d)
+
+
+def training_model_config(config: str | None = None, init: str | None = None, min_sizes: tuple[int, ...] | None = None,
+                          max_size: int | None = None, min_size_test: int | None = None,
+                          max_size_test: int | None = None):
+    """The ModelConfig `boxinst train` trains: the architecture of the `init` checkpoint (its preset
+    may be another's, e.g. AdelaiDet's), else the preset `config` (default r50_fpn).
+
+    The test size follows the training sizes the user gave (the paper tests at its largest training
+    short side): min_size_test defaults to max(min_sizes), max_size_test to max_size; the training
+    sizes of the preset's recipe then derive from the test size (TrainConfig.for_model)."""
+    from boxinst_serve.config import preset
+
+    if init:
+        from boxinst_serve.checkpoint import load_checkpoint
+
+        model_cfg = load_checkpoint(init)["model_config"]
+        if config and config != model_cfg.name:
+            raise ValueError(f"--config {config}, but --init '{init}' is a {model_cfg.name} model: the "
+                             "architecture comes from --init, so leave --config out")
+    else:
+        model_cfg = preset(config or "r50_fpn")
+    min_size_test = min_size_test or (max(min_sizes) if min_sizes else None)
+    max_size_test = max_size_test or max_size
+    if min_size_test:
+        model_cfg = model_cfg.replace(min_size_test=min_size_test)
+    if max_size_test:
+        model_cfg = model_cfg.replace(max_size_test=max_size_test)
+    return model_cfg
+
+
+def training_config(model_cfg, device_type: str, iters: int, loss: LossConfig | None = None,
+                    pairwise_warmup_iters: int | None = None, **flags: Any) -> TrainConfig:
+    """The TrainConfig of `boxinst train`: the recipe of `model_cfg`'s preset on `device_type` at its
+    test size, scaled to `iters`; `flags` whose value is None (not given) keep the recipe's value,
+    the others win. pairwise_warmup_iters: the pairwise loss's warm-up, else scaled to `iters`."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    train_cfg = TrainConfig.for_model(model_cfg.name, model_cfg.min_size_test, model_cfg.max_size_test, device_type,
+                                      iters, loss=loss or LossConfig(), **overrides)
+    if pairwise_warmup_iters is not None:
+        train_cfg.loss.pairwise_warmup_iters = pairwise_warmup_iters
+    return train_cfg

@@ -8,7 +8,7 @@ import torch.distributed as dist
 from boxinst_serve.config import ModelConfig
 from boxinst_serve.model.condinst import HeadOutputs
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
-from boxinst_serve.model.postprocess import flatten_outputs
+from boxinst_serve.model.detect import flatten_outputs
 from training.collapse import mask_statistics
 from training.config import LossConfig
 from training.detection_losses import centerness_loss, focal_loss, giou_loss

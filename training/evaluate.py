@@ -17,9 +17,9 @@ from tqdm import tqdm
 from boxinst_serve.checkpoint import load_model
 from boxinst_serve.coco import mask_iou, match_to_detections
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.model.postprocess import InferenceModel
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_for, read_image
+from boxinst_serve.engines.torch_engine import TorchEngine
+from boxinst_serve.predictor import Predictor
+from boxinst_serve.preprocess import read_image
 from boxinst_serve.results import encode_masks
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -76,19 +76,14 @@ def predict_dataset(model, data_json: str, images_dir: str | None = None, batch_
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(data_json)
     images_dir = Path(images_dir) if images_dir else Path(data_json).parent / "images"
-    cfg = model.cfg
     category_ids = sorted(gt.getCatIds())
-    net = InferenceModel(model).eval()
+    predictor = Predictor(TorchEngine.from_model(model, device))
     image_ids = sorted(gt.getImgIds())
     results: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(image_ids), batch_size), desc="eval", disable=not progress):
         ids = image_ids[start:start + batch_size]
         images = [read_image(images_dir / gt.imgs[i]["file_name"]) for i in ids]
-        batch, metas = prepare_for(cfg, images)
-        out = net(torch.from_numpy(batch).to(device))
-        out = {name: t.cpu().numpy() for name, t in zip(("num_detections", "boxes", "scores", "classes", "masks"), out)}
-        for k, image_id in enumerate(ids):
-            inst = instances_for(cfg, out, k, metas[k])
+        for image_id, inst in zip(ids, predictor.predict_batch(images)):
             results.extend(inst.to_coco(image_id, category_ids))
     return gt, results
 

@@ -29,8 +29,8 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from boxinst_serve.coco import box_ious, mask_iou
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_batch, prepare_for, read_image
+from boxinst_serve.predictor import Predictor
+from boxinst_serve.preprocess import prepare_batch, read_image
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,11 @@ class Variant:
 
 def engine_predictions(engine, gt: COCO, images_dir: Path) -> list[dict[str, Any]]:
     """COCO results of an engine on every image of gt (pre- and post-processing as in serving)."""
-    cfg = engine.config
+    predictor = Predictor(engine)
     category_ids = sorted(gt.getCatIds())
     results: list[dict[str, Any]] = []
     for image_id in sorted(gt.getImgIds()):
-        image = read_image(images_dir / gt.imgs[image_id]["file_name"])
-        batch, metas = prepare_for(cfg, [image])
-        inst = instances_for(cfg, engine(batch), 0, metas[0])
+        inst = predictor(read_image(images_dir / gt.imgs[image_id]["file_name"]))
         results.extend(inst.to_coco(image_id, category_ids))
     return results
 
@@ -212,7 +210,7 @@ def format_comparison(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from boxinst_serve.cli import _size
+    from boxinst_serve.config import parse_size as _size
 
     p = argparse.ArgumentParser(prog="python -m training.int8_accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)

@@ -9,7 +9,7 @@ import torch
 from boxinst_serve.checkpoint import load_model
 from boxinst_serve.config import OUTPUT_NAMES
 from boxinst_serve.engines import check_images
-from boxinst_serve.model.postprocess import InferenceModel
+from boxinst_serve.model.detect import InferenceModel
 
 
 class TorchEngine:
@@ -17,7 +17,17 @@ class TorchEngine:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu"):
         self.device = torch.device(device)
-        model = load_model(checkpoint, self.device)
+        self._use(load_model(checkpoint, self.device))
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, device: str | torch.device = "cpu") -> "TorchEngine":
+        """The engine of a model already in memory (a CondInst on `device`), e.g. while training."""
+        engine = cls.__new__(cls)
+        engine.device = torch.device(device)
+        engine._use(model)
+        return engine
+
+    def _use(self, model: torch.nn.Module) -> None:
         self.config = model.cfg
         self.net = InferenceModel(model).eval()
 

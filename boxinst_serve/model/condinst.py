@@ -1,5 +1,5 @@
 """The CondInst module: uint8 images in, raw head outputs out. Targets, losses and
-post-processing live in their own functions (training/, boxinst_serve/model/postprocess.py)."""
+post-processing live in their own functions (training/, boxinst_serve/model/detect.py)."""
 from __future__ import annotations
 
 from typing import NamedTuple

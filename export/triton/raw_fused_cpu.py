@@ -8,7 +8,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from boxinst_serve.fused import FramePipeline
+from boxinst_serve.serving.fused import FramePipeline
 from boxinst_serve.serving import (instance_outputs, mask_format_of, max_pixels_parameter, model_parameters,
                                    onnxruntime_settings, respond_each)
 

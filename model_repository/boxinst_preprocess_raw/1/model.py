@@ -6,7 +6,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from boxinst_serve.frames import check_frame
+from boxinst_serve.protocol import check_frame
 from boxinst_serve.serving import (ServingConfig, max_pixels_parameter, meta_to_array, model_parameters, prepare_one,
                                    respond_each)
 

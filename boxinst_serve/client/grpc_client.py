@@ -11,7 +11,7 @@ server-side decode), or, where the server has it (a `cpu` export), to `boxinst_r
 same inputs and outputs, its steps in one process; `arrays="png"` sends them PNG-encoded to
 `boxinst` instead. With
 `shared_memory=True` (client and server on the same host) frames and the fixed-size outputs
-travel through system shared memory (boxinst_serve.shm) instead of the gRPC message.
+travel through system shared memory (boxinst_serve.client.shm) instead of the gRPC message.
 
 Light: needs numpy and tritonclient[grpc] (pycocotools to decode masks, OpenCV only to PNG-encode
 numpy images or compute 2-D geometry); never torch. Every server-side failure raises
@@ -29,12 +29,10 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from boxinst_serve.frames import FUSED_RAW_MODEL, RAW_MODEL, check_frame
+from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, NET_MODEL, OUTPUTS, RAW_MODEL, check_frame
 from boxinst_serve.results import Instances
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
-OUTPUTS = ("num_instances", "boxes", "scores", "classes", "masks_rle", "image_size")
-NET_MODEL = "boxinst_net"  # where the class names live (config parameter written by export)
 MAX_MESSAGE_BYTES = 64 << 20  # gRPC message limit set on the client's channel, both directions
 ARRAY_MODES = ("raw", "png")
 
@@ -179,7 +177,7 @@ class BoxInstClient:
     the next client that opens shared memory). Paths and encoded bytes always go to `model` in
     the gRPC message."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
                  max_workers: int = 8, raw_model: str | None = None, arrays: str = "raw",
                  shared_memory: bool = False):
         import tritonclient.grpc as grpcclient
@@ -213,7 +211,7 @@ class BoxInstClient:
         return self._net_config
 
     def _open_shared_memory(self) -> None:
-        from boxinst_serve import shm
+        from boxinst_serve.client import shm
 
         try:
             shm.clean_stale(self._client, timeout_s=self.timeout_s)
@@ -354,7 +352,7 @@ class BoxInstClient:
 class AsyncBoxInstClient:
     """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model: str = "boxinst", timeout_s: float = 10.0,
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
                  raw_model: str | None = None, arrays: str = "raw"):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient

@@ -11,14 +11,13 @@ from pathlib import Path
 import cv2
 
 from boxinst_serve.engines import Engine
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_for
-from boxinst_serve.video import engine_batch_predictor, frame_record, process_video
+from boxinst_serve.predictor import Predictor
+from boxinst_serve.apps.video.pipeline import engine_batch_predictor, frame_record, process_video
 
 
 def plain_loop(clip: str | Path, engine: Engine, out_path: Path) -> tuple[int, float]:
     """The baseline: read a frame, run it, write its line; nothing overlaps. -> (frames, seconds)."""
-    cfg = engine.config
+    predictor = Predictor(engine)
     cap = cv2.VideoCapture(str(clip))
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
     frames = 0
@@ -29,8 +28,7 @@ def plain_loop(clip: str | Path, engine: Engine, out_path: Path) -> tuple[int, f
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            batch, metas = prepare_for(cfg, [rgb])
-            inst = instances_for(cfg, engine(batch), 0, metas[0])
+            inst = predictor(rgb)
             f.write(json.dumps(frame_record(frames, frames / fps, inst)) + "\n")
             frames += 1
     cap.release()

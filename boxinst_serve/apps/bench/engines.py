@@ -7,19 +7,18 @@ Also: the per-stage breakdown of the PyTorch path, the network's FLOPs (torch's 
 1 multiply-add = 2 FLOPs), the machine's dense matrix-product throughput measured in the same run,
 and the compute efficiency (achieved FLOP/s end to end over that dense FLOP/s).
 
-Imports numpy only at module level: `network_flops`, `dense_flops_per_s` and `machine_description`
-serve the GPU check (boxinst_serve.bench_gpu), which runs with torch/torchvision/numpy alone (no
+Imports numpy only at module level: `network_flops` and `dense_flops_per_s` serve the GPU check (boxinst_serve.apps.bench.gpu), which runs with torch/torchvision/numpy alone (no
 OpenCV, pycocotools or ONNX); pre- and post-processing are imported where they are used."""
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from boxinst_serve.config import padded_size, resized_shape
 from boxinst_serve.engines import Engine
+from boxinst_serve.measure import percentile_ms, timed_loop
 
 
 @dataclass
@@ -45,84 +44,32 @@ class LatencyReport:
         return asdict(self)
 
 
-def _ms(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q))
-
-
 def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters: int = 20,
             warmup: int = 3) -> LatencyReport:
     """Time `iters` end-to-end calls on `batch` copies of `image` (RGB uint8 [H, W, 3]) after
     `warmup` untimed ones. FPS counts images per second at the median latency."""
-    from boxinst_serve.postprocess import instances_for
-    from boxinst_serve.preprocess import prepare_for
+    from boxinst_serve.predictor import Predictor
 
-    cfg = engine.config
+    predictor = Predictor(engine)
     images = [image] * batch
-    total, pre, net, post, dets = [], [], [], [], []
-    for i in range(warmup + iters):
-        t0 = time.perf_counter()
-        inputs, metas = prepare_for(cfg, images)
-        t1 = time.perf_counter()
-        outputs = engine(inputs)
-        t2 = time.perf_counter()
-        results = [instances_for(cfg, outputs, k, metas[k]) for k in range(batch)]
-        t3 = time.perf_counter()
-        if i >= warmup:
-            total.append(t3 - t0)
-            pre.append(t1 - t0)
-            net.append(t2 - t1)
-            post.append(t3 - t2)
-            dets.append(sum(len(r) for r in results) / batch)
-    p50 = _ms(total, 50)
-    return LatencyReport(engine=name, input_hw=tuple(int(v) for v in inputs.shape[1:3]), batch=batch, iters=iters,
-                         p50_ms=p50, p90_ms=_ms(total, 90), p99_ms=_ms(total, 99),
-                         mean_ms=float(np.mean(total) * 1000), fps=batch * 1000.0 / p50,
-                         preprocess_ms=_ms(pre, 50), network_ms=_ms(net, 50), postprocess_ms=_ms(post, 50),
-                         detections=float(np.mean(dets)))
+    dets: list[float] = []
 
+    def step() -> dict[str, float]:
+        results, seconds = predictor.timed(images)
+        dets.append(sum(len(r) for r in results) / batch)
+        return seconds
 
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512f", "avx2")  # what ONNX Runtime's INT8 kernels use, best first
-
-
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-
-
-def read_cpuinfo() -> str:
-    """/proc/cpuinfo's text ('' where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_model_and_flags(cpuinfo: str) -> tuple[str, set[str]]:
-    """(CPU model name, ISA flags of the first CPU) from /proc/cpuinfo's text."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            cpu = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-            break
-    return cpu, flags
-
-
-def machine_description(cpuinfo: str | None = None) -> str:
-    """'<CPU model>, N logical CPUs, <vector ISA>': the ISA matters for INT8 (VNNI or not).
-    cpuinfo: /proc/cpuinfo's text (read when None)."""
-    if cpuinfo is None:
-        cpuinfo = read_cpuinfo()
-    cpu, flags = cpu_model_and_flags(cpuinfo)
-    isa = [f for f in INT8_FLAGS if f in flags]
-    if not cpuinfo:
-        isa_text = ""
-    elif any(f in isa for f in VNNI_FLAGS):
-        isa_text = ", VNNI (" + " ".join(isa) + ")"
-    else:
-        isa_text = ", no VNNI (" + (" ".join(isa) or "no AVX2") + ")"
-    return f"{cpu}, {os.cpu_count()} logical CPUs{isa_text}"
+    times = timed_loop(step, iters, warmup)
+    dets = dets[warmup:]
+    p50 = percentile_ms(times["total"], 50)
+    cfg = engine.config
+    h, w = resized_shape(*image.shape[:2], cfg.min_size_test, cfg.max_size_test, cfg.resize)
+    input_hw = (padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility))
+    return LatencyReport(engine=name, input_hw=input_hw, batch=batch, iters=iters,
+                         p50_ms=p50, p90_ms=percentile_ms(times["total"], 90), p99_ms=percentile_ms(times["total"], 99),
+                         mean_ms=float(np.mean(times["total"]) * 1000), fps=batch * 1000.0 / p50,
+                         preprocess_ms=percentile_ms(times["pre"], 50), network_ms=percentile_ms(times["network"], 50),
+                         postprocess_ms=percentile_ms(times["post"], 50), detections=float(np.mean(dets)))
 
 
 def format_reports(reports: list[LatencyReport]) -> str:
@@ -161,7 +108,7 @@ def network_flops(model, images) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from boxinst_serve.model.postprocess import InferenceModel
+    from boxinst_serve.model.detect import InferenceModel
 
     net = InferenceModel(model).eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -201,7 +148,7 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
     import torch
 
     from boxinst_serve.model.condinst import HeadOutputs
-    from boxinst_serve.model.postprocess import contract_outputs, detection_masks, select_detections
+    from boxinst_serve.model.detect import contract_outputs, detection_masks, select_detections
     from boxinst_serve.postprocess import instances_for
     from boxinst_serve.preprocess import prepare_for
 
@@ -238,4 +185,4 @@ def staged_latency(model, image: np.ndarray, batch: int = 1, iters: int = 10, wa
             if i >= warmup:
                 for name, a, b in zip(STAGES, t[:-1], t[1:]):
                     times[name].append(b - a)
-    return {name: _ms(v, 50) for name, v in times.items()}
+    return {name: percentile_ms(v, 50) for name, v in times.items()}

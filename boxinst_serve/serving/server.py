@@ -19,11 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from boxinst_serve.protocol import NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
+
 log = logging.getLogger(__name__)
-MODELS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess", "boxinst")
-# The raw-frame ensemble: waited for where the repository has it (copies of model_repository/
-# made before it existed do not); the one-process raw model where a `cpu` export wrote it.
-OPTIONAL_MODELS = ("boxinst_preprocess_raw", "boxinst_raw", "boxinst_raw_fused")
 
 
 class ServerError(RuntimeError):
@@ -109,10 +107,10 @@ class TritonServer:
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
         repo = Path(self.repository).resolve()
         self.repository = repo
-        missing = [m for m in MODELS if not (repo / m / "config.pbtxt").is_file()]
+        missing = [m for m in REQUIRED_MODELS if not (repo / m / "config.pbtxt").is_file()]
         if missing:
             hint = (" (write it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)"
-                    if "boxinst_net" in missing else "")
+                    if NET_MODEL in missing else "")
             raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)}{hint}")
         for port in (self.grpc_port, self.http_port, self.metrics_port):
             with socket.socket() as s:
@@ -137,7 +135,7 @@ class TritonServer:
 
     def served_models(self) -> tuple[str, ...]:
         repo = Path(self.repository)
-        return MODELS + tuple(m for m in OPTIONAL_MODELS if (repo / m / "config.pbtxt").is_file())
+        return REQUIRED_MODELS + tuple(m for m in OPTIONAL_MODELS if (repo / m / "config.pbtxt").is_file())
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from boxinst_serve.video import DONE, JSONL, engine_batch_predictor, process_videos
-from boxinst_serve.video_inputs import plan_videos
+from boxinst_serve.apps.video.pipeline import DONE, JSONL, engine_batch_predictor, process_videos
+from boxinst_serve.apps.video.inputs import plan_videos
 
 
 def _same_outputs(a: Path, b: Path, names: list[str]) -> bool:
@@ -41,7 +41,7 @@ def measure_video_ray(sources: str | Sequence[str], model: str, workers: Sequenc
     import ray
 
     from boxinst_serve.engines import load_engine
-    from boxinst_serve.video_ray import PredictorSpec, RayConfig, run_videos_on_ray
+    from boxinst_serve.apps.video.ray import PredictorSpec, RayConfig, run_videos_on_ray
 
     model = os.path.abspath(model)
     runs: dict[int, list[dict]] = {0: [], **{n: [] for n in workers}}  # 0: the single process

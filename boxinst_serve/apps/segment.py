@@ -17,13 +17,13 @@ from tqdm import tqdm
 
 from boxinst_serve.engines import Engine
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_for, read_image
+from boxinst_serve.predictor import Predictor
+from boxinst_serve.preprocess import read_image
 from boxinst_serve.results import Instances
 from boxinst_serve.visualize import draw_instances
 
 # path -> (RGB uint8 [H, W, 3] for the overlay, its Instances)
-Predictor = Callable[[Path], "tuple[np.ndarray, Instances]"]
+PathPredictor = Callable[[Path], "tuple[np.ndarray, Instances]"]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -54,19 +54,18 @@ class SegmentReport:
         return self.processed / self.seconds if self.seconds else 0.0
 
 
-def engine_predictor(engine: Engine) -> Predictor:
-    """Read, prepare, run the engine, paste masks: all in this process."""
-    cfg = engine.config
+def engine_predictor(engine: Engine) -> PathPredictor:
+    """Read the file, then the Predictor (prepare, the engine, paste masks): all in this process."""
+    predictor = Predictor(engine)
 
     def predict(path: Path):
         image = read_image(path)
-        batch, metas = prepare_for(cfg, [image])
-        return image, instances_for(cfg, engine(batch), 0, metas[0])
+        return image, predictor(image)
 
     return predict
 
 
-def client_predictor(client) -> Predictor:
+def client_predictor(client) -> PathPredictor:
     """Send the file's bytes to a server (boxinst_serve.client.BoxInstClient); decode locally
     only for the overlay."""
     from boxinst_serve.client import BoxInstError
@@ -84,7 +83,7 @@ def client_predictor(client) -> Predictor:
     return predict
 
 
-def segment_paths(predict: Engine | Predictor, paths: list[Path], out_dir: str | os.PathLike,
+def segment_paths(predict: Engine | PathPredictor, paths: list[Path], out_dir: str | os.PathLike,
                   score_thresh: float = 0.3, overlays: bool = True, progress: bool = True) -> SegmentReport:
     """Segment each image with an engine or a predictor; writes OUT/<name>.png overlays and
     OUT/results.json (COCO results with `file_name` per entry, and per-instance geometry)."""

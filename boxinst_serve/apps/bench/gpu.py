@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from boxinst_serve.config import padded_size, preset, resized_shape
+from boxinst_serve.measure import StageClock, percentile_ms, timed_loop
 
 
 @dataclass
@@ -124,7 +124,7 @@ def build_network(config: str, checkpoint: str | None, size: tuple[int, int], sc
     """(InferenceModel in eval mode on the device, its ModelConfig): trained weights from a
     checkpoint, or a freshly initialised preset (speed does not depend on the weights)."""
     from boxinst_serve.model import build_model
-    from boxinst_serve.model.postprocess import InferenceModel
+    from boxinst_serve.model.detect import InferenceModel
 
     overrides = {"min_size_test": min(size), "max_size_test": max(size)}
     if score_thresh is not None:
@@ -149,37 +149,34 @@ def measure(net, cfg, frame: np.ndarray, batch: int, precision: str, device: tor
     if device.type == "cuda":
         frames = frames.pin_memory()
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16-autocast")
-    total, pre, net_t, post, dets = [], [], [], [], []
+    dets, input_hw = [], []
+
+    def step() -> dict[str, float]:
+        clock = StageClock(sync=lambda: _sync(device))
+        x, resized_hw = preprocess(frames, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility, device)
+        clock.lap("pre")
+        with autocast:
+            outputs = net(x)
+        clock.lap("network")
+        results = postprocess(outputs, resized_hw, frame.shape[:2], cfg.mask_out_stride, cfg.mask_threshold)
+        clock.lap("post")
+        dets.append(sum(len(r["scores"]) for r in results) / batch)
+        input_hw[:] = x.shape[1:3]
+        return clock.laps
+
     with torch.inference_mode():
-        for i in range(warmup + iters):
-            _sync(device)
-            t0 = time.perf_counter()
-            x, resized_hw = preprocess(frames, cfg.min_size_test, cfg.max_size_test, cfg.size_divisibility, device)
-            _sync(device)
-            t1 = time.perf_counter()
-            with autocast:
-                outputs = net(x)
-            _sync(device)
-            t2 = time.perf_counter()
-            results = postprocess(outputs, resized_hw, frame.shape[:2], cfg.mask_out_stride, cfg.mask_threshold)
-            _sync(device)
-            t3 = time.perf_counter()
-            if i >= warmup:
-                total.append(t3 - t0)
-                pre.append(t1 - t0)
-                net_t.append(t2 - t1)
-                post.append(t3 - t2)
-                dets.append(sum(len(r["scores"]) for r in results) / batch)
-    ms = lambda v, q=50: float(np.percentile(np.asarray(v) * 1000.0, q))  # noqa: E731
-    return {"p50_ms": ms(total), "p90_ms": ms(total, 90), "preprocess_ms": ms(pre), "network_ms": ms(net_t),
-            "postprocess_ms": ms(post), "detections": float(np.mean(dets)), "input_hw": tuple(x.shape[1:3])}
+        times = timed_loop(step, iters, warmup)
+    return {"p50_ms": percentile_ms(times["total"], 50), "p90_ms": percentile_ms(times["total"], 90),
+            "preprocess_ms": percentile_ms(times["pre"], 50), "network_ms": percentile_ms(times["network"], 50),
+            "postprocess_ms": percentile_ms(times["post"], 50), "detections": float(np.mean(dets[warmup:])),
+            "input_hw": tuple(input_hw)}
 
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, torch {torch.__version__}"
-    from boxinst_serve.bench import machine_description
+    from boxinst_serve.measure import machine_description
 
     return f"{machine_description()}, torch {torch.__version__} (CPU)"
 
@@ -203,7 +200,7 @@ def run(configs: list[str], size: tuple[int, int], batches: list[int], precision
         iters: int, warmup: int, out_dir: str | os.PathLike, checkpoint: str | None = None,
         score_thresh: float | None = 0.0, frame: np.ndarray | None = None, dense_seconds: float = 1.0) -> dict:
     """Every (config, batch, precision) row; writes OUT/gpu_bench.json and OUT/gpu_bench.md."""
-    from boxinst_serve.bench import dense_flops_per_s, network_flops
+    from boxinst_serve.apps.bench.engines import dense_flops_per_s, network_flops
     from boxinst_serve.files import write_json_atomic
 
     dev = torch.device(device)

@@ -6,8 +6,8 @@ calling thread (frames batched into one engine call, or sent concurrently to the
 bounded queue -> a writer thread (JSON lines, overlay video). Decoding and encoding run while the
 engine works, so the engine does not wait on them.
 
-Inputs: files, folders, globs and list files, planned by boxinst_serve.video_inputs (which also
-names the output folders); the Ray path (boxinst_serve.video_ray) uses the same plan.
+Inputs: files, folders, globs and list files, planned by boxinst_serve.apps.video.inputs (which also
+names the output folders); the Ray path (boxinst_serve.apps.video.ray) uses the same plan.
 
 Output per video, in OUT/<video stem>/:
 
@@ -67,10 +67,9 @@ import numpy as np
 from tqdm import tqdm
 
 from boxinst_serve.files import write_json_atomic
-from boxinst_serve.postprocess import instances_for
-from boxinst_serve.preprocess import prepare_for
+from boxinst_serve.predictor import Predictor
 from boxinst_serve.results import Instances
-from boxinst_serve.video_inputs import DONE, VIDEO_SUFFIXES, collect_video_files, plan_videos
+from boxinst_serve.apps.video.inputs import DONE, VIDEO_SUFFIXES, collect_video_files, plan_videos
 from boxinst_serve.visualize import draw_instances
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 10
 QUEUE_BATCHES = 2  # bounded queues hold this many batches of frames
 JSONL, OVERLAY, OVERLAY_TMP = "instances.jsonl", "overlay.mp4", "overlay.writing.mp4"
-# DONE and VIDEO_SUFFIXES are imported from boxinst_serve.video_inputs (their one definition)
+# DONE and VIDEO_SUFFIXES are imported from boxinst_serve.apps.video.inputs (their one definition)
 
 # RGB frames -> their Instances (same order)
 BatchPredictor = Callable[[list[np.ndarray]], list[Instances]]
@@ -90,16 +89,8 @@ class VideoError(RuntimeError):
 
 # ---- predictors -------------------------------------------------------------------------------
 def engine_batch_predictor(engine) -> BatchPredictor:
-    """All frames of a batch in one engine call (prepare_for pads them to one size)."""
-    cfg = engine.config
-
-    def predict(frames: list[np.ndarray]) -> list[Instances]:
-        batch, metas = prepare_for(cfg, frames)
-        out = engine(batch)
-        return [instances_for(cfg, out, i, m)
-                for i, m in enumerate(metas)]
-
-    return predict
+    """All frames of a batch in one engine call (the Predictor pads them to one size)."""
+    return Predictor(engine).predict_batch
 
 
 def client_batch_predictor(client) -> BatchPredictor:
@@ -591,7 +582,7 @@ def output_facts(video: str, every: int, frames: int, last_frame: int | None) ->
 def process_videos(source: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    predict: BatchPredictor, batch_size: int = 8, every: int = 1, overlay: bool = False,
                    score_thresh: float = 0.3, progress: bool = True) -> VideoSummary:
-    """Video files, folders, globs, list files (boxinst_serve.video_inputs) or one camera index ("0")
+    """Video files, folders, globs, list files (boxinst_serve.apps.video.inputs) or one camera index ("0")
     -> OUT_DIR/<video>/ each. Ctrl-C finishes the current batch of the current video and stops."""
     out = Path(out_dir)
     summary = VideoSummary()

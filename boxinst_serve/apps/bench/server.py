@@ -9,9 +9,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from boxinst_serve.client import BoxInstClient
+from boxinst_serve.config import padded_size, resized_shape
+from boxinst_serve.measure import StageClock, percentile_ms, timed_loop
 
 
 @dataclass
@@ -27,10 +28,6 @@ class LoadReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
 
 
 def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, warmup: int = 2,
@@ -72,33 +69,39 @@ def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, war
         t.join()
     elapsed = time.perf_counter() - t0
     return LoadReport(concurrency=concurrency, requests=len(latencies), errors=errors[0], seconds=elapsed,
-                      requests_per_s=len(latencies) / elapsed, p50_ms=_pct(latencies, 50),
-                      p95_ms=_pct(latencies, 95), p99_ms=_pct(latencies, 99))
+                      requests_per_s=len(latencies) / elapsed, p50_ms=percentile_ms(latencies, 50),
+                      p95_ms=percentile_ms(latencies, 95), p99_ms=percentile_ms(latencies, 99))
 
 
 def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, warmup: int = 3,
                        threads: int = 0, spinning: bool = True) -> dict:
     """The server's work without the server: decode, pad to its own size, ONNX Runtime, paste + RLE."""
     from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from boxinst_serve.fused import net_onnx_path
-    from boxinst_serve.postprocess import instances_for
+    from boxinst_serve.predictor import Predictor
     from boxinst_serve.preprocess import decode_image
-    from boxinst_serve.serving import ServingConfig, prepare_one
+    from boxinst_serve.serving import ServingConfig
+    from boxinst_serve.serving.fused import net_onnx_path
 
     serving = ServingConfig.load(repository)
-    engine = OnnxRuntimeEngine(net_onnx_path(repository), threads=threads, spinning=spinning)
-    cfg = serving.model
-    times, dets = [], 0
-    for i in range(warmup + iters):
-        t0 = time.perf_counter()
+    predictor = Predictor(OnnxRuntimeEngine(net_onnx_path(repository), threads=threads, spinning=spinning),
+                          serving.model)
+    dets: list[int] = []
+
+    def step() -> dict[str, float]:
+        clock = StageClock()
         image = decode_image(data, max_pixels=serving.max_pixels)
-        images, meta = prepare_one(image, cfg)
-        inst = instances_for(cfg, engine(images), 0, meta)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            dets = len(inst)
-    return {"iters": iters, "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95), "p99_ms": _pct(times, 99),
-            "instances": dets, "input_hw": list(images.shape[1:3])}
+        clock.lap("decode")
+        (inst,), seconds = predictor.timed([image])
+        dets.append(len(inst))
+        return {**clock.laps, **seconds}
+
+    times = timed_loop(step, iters, warmup)
+    h, w = decode_image(data, max_pixels=serving.max_pixels).shape[:2]
+    rh, rw = resized_shape(h, w, serving.model.min_size_test, serving.model.max_size_test, serving.model.resize)
+    div = serving.model.size_divisibility
+    return {"iters": iters, "p50_ms": percentile_ms(times["total"], 50), "p95_ms": percentile_ms(times["total"], 95),
+            "p99_ms": percentile_ms(times["total"], 99), "instances": dets[-1],
+            "input_hw": [padded_size(rh, div), padded_size(rw, div)]}
 
 
 def format_load(reports: list[LoadReport], in_process: dict) -> str:

@@ -28,7 +28,7 @@ from typing import Sequence
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".mts", ".3gp", ".ogv"}
 LIST_SUFFIXES = {".txt", ".lst", ".list"}
-DONE = "done.json"  # a video's folder holds it once the video is finished (boxinst_serve.video writes it)
+DONE = "done.json"  # a video's folder holds it once the video is finished (boxinst_serve.apps.video.pipeline writes it)
 _GLOB_CHARS = set("*?[")
 
 

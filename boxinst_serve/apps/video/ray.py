@@ -2,13 +2,13 @@
 single-process `boxinst video`, spread over the workers of a Ray cluster (Ray Core actors).
 
 - Plan: the driver (this process) lists the videos and names their folders exactly as the
-  single-process path does (boxinst_serve.video_inputs) and drops those whose done.json exists.
+  single-process path does (boxinst_serve.apps.video.inputs) and drops those whose done.json exists.
   That is the resume that survives the driver, the head node or the whole cluster going away: it
   needs no Ray state.
 - Workers: `workers` Ray actors, each with `num_gpus=gpus_per_worker` and
   `num_cpus=cpus_per_worker` (decode and writer threads, CPU inference). Each builds its predictor
   once (PredictorSpec: an engine loaded in the actor, or one client to a Triton server on its node)
-  and runs boxinst_serve.video.process_video on one whole video per call. No frame crosses the
+  and runs boxinst_serve.apps.video.pipeline.process_video on one whole video per call. No frame crosses the
   object store: workers read the videos and write OUT/<video>/ themselves, so inputs, model and
   outputs must sit on storage that every node sees at the same absolute path.
 - Exactly once: a worker process that dies mid-video (killed, out of memory, its node lost) is
@@ -46,8 +46,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from boxinst_serve.video import JSONL, BatchPredictor, VideoReport, VideoSummary, process_video
-from boxinst_serve.video_inputs import VideoTask, plan_videos
+from boxinst_serve.apps.video.pipeline import JSONL, BatchPredictor, VideoReport, VideoSummary, process_video
+from boxinst_serve.apps.video.inputs import VideoTask, plan_videos
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class PredictorSpec:
                              "that each worker reaches, e.g. one per node at localhost:8001)")
 
     def __call__(self) -> tuple[BatchPredictor, Callable[[], None]]:
-        from boxinst_serve.video import client_batch_predictor, engine_batch_predictor
+        from boxinst_serve.apps.video.pipeline import client_batch_predictor, engine_batch_predictor
 
         if self.url:
             from boxinst_serve.client import BoxInstClient

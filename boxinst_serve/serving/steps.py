@@ -16,12 +16,10 @@ import numpy as np
 
 from boxinst_serve.config import CONTRACT_VERSION, ModelConfig
 from boxinst_serve.files import write_json_atomic
+from boxinst_serve.protocol import MASK_FORMATS, NET_MODEL
 from boxinst_serve.preprocess import DEFAULT_MAX_PIXELS, ImageMeta, prepare_for
 
 SERVING_FILE = "boxinst_serving.json"  # in <repository>/boxinst_net/
-NET_MODEL = "boxinst_net"
-ENSEMBLE_MODEL = "boxinst"
-MASK_FORMATS = ("rle", "bitmap")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from boxinst_serve.coco import mask_iou, match_to_detections, segmentation_to_rl
 from boxinst_serve.config import ModelConfig
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model.dynamic_head import dynamic_mask_logits
-from boxinst_serve.model.postprocess import contract_outputs, detection_masks, flatten_outputs, select_detections
+from boxinst_serve.model.detect import contract_outputs, detection_masks, flatten_outputs, select_detections
 from boxinst_serve.postprocess import instances_for, paste_masks
 from boxinst_serve.preprocess import prepare_for, read_image
 from boxinst_serve.results import encode_masks

@@ -2,7 +2,7 @@
 (`boxinst bench --url URL --input png,raw,shm`).
 
 For each frame size and input path, at concurrency 1, requests alternate with the in-process
-run of the same work (boxinst_serve.fused.FramePipeline: pre-processing, ONNX Runtime on the
+run of the same work (boxinst_serve.serving.fused.FramePipeline: pre-processing, ONNX Runtime on the
 repository's model.onnx with the served model's thread settings, paste + RLE: what a robot
 holding the frame would do without a server), so that both see the same machine state. Raw and
 shared-memory frames go where the client sends them: `boxinst_raw_fused` (one process) where
@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from boxinst_serve.client import BoxInstClient
-from boxinst_serve.fused import STAGES, FramePipeline
+from boxinst_serve.measure import percentile_ms
+from boxinst_serve.serving.fused import STAGES, FramePipeline
+from boxinst_serve.protocol import NET_MODEL
 from boxinst_serve.serving import model_parameters, onnxruntime_settings
 
 INPUTS = ("png", "raw", "shm")
@@ -66,10 +68,6 @@ class BudgetRow:
         return {**asdict(self), "ratio": self.ratio}
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
-
-
 def _stats(client, models: list[str]) -> dict[str, dict[str, float]]:
     """model -> {count, success_ns, queue_ns, infer_ns} (cumulative, from Triton)."""
     out = {}
@@ -97,7 +95,7 @@ def served_engine_settings(url: str) -> dict:
 
     c = grpcclient.InferenceServerClient(url)
     try:
-        config = c.get_model_config("boxinst_net", as_json=True)["config"]
+        config = c.get_model_config(NET_MODEL, as_json=True)["config"]
     finally:
         c.close()
     return onnxruntime_settings(model_parameters(config))
@@ -172,10 +170,10 @@ def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, ite
         steps = {"all": step(served, [sum(parts) for parts in zip(*stages.values())])}
     return BudgetRow(input=input_mode, frame=f"{frame.shape[1]}x{frame.shape[0]}", model=served, requests=len(lat),
                      instances=dets,
-                     p50_ms=_pct(lat, 50), p95_ms=_pct(lat, 95), in_process_p50_ms=_pct(inproc, 50),
-                     in_process_p95_ms=_pct(inproc, 95), encode_ms=_pct(enc, 50),
+                     p50_ms=percentile_ms(lat, 50), p95_ms=percentile_ms(lat, 95), in_process_p50_ms=percentile_ms(inproc, 50),
+                     in_process_p95_ms=percentile_ms(inproc, 95), encode_ms=percentile_ms(enc, 50),
                      transfer_ms=float(np.mean(call)) * 1000 - server_ms, queue_ms=queue_ms,
-                     server_compute_ms=server_ms - queue_ms, decode_ms=_pct(dec, 50), steps=steps)
+                     server_compute_ms=server_ms - queue_ms, decode_ms=percentile_ms(dec, 50), steps=steps)
 
 
 def format_budget(rows: list[BudgetRow]) -> str:

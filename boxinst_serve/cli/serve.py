@@ -1,0 +1,29 @@
+"""The serve verb: a Triton model repository served over gRPC until Ctrl-C (boxinst_serve.serving)."""
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from boxinst_serve.serving.server import TritonServer, serve_forever
+
+    server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
+    return serve_forever(server, timeout_s=args.ready_timeout)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="serve a model repository with Triton (gRPC) until Ctrl-C")
+    s.add_argument("--repository", default="model_repository")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
+    s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
+    s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
+    s.set_defaults(func=cmd_serve)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_serve(sub)
