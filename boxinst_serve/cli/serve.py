@@ -7,9 +7,13 @@ import argparse
 def cmd_serve(args: argparse.Namespace) -> int:
     from boxinst_serve.serving.server import TritonServer, serve_forever
 
+    from boxinst_serve.serving.supervisor import SupervisorSettings
+
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
-    return serve_forever(server, timeout_s=args.ready_timeout)
+    supervise = None if args.no_supervise else SupervisorSettings(probe_s=args.probe_interval,
+                                                                  max_recoveries=args.max_recoveries)
+    return serve_forever(server, timeout_s=args.ready_timeout, supervise=supervise)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +26,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
     s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
+    s.add_argument("--probe-interval", type=float, default=10.0,
+                   help="seconds between the supervisor's tiny inferences through each ensemble (0: none; dead "
+                        "step processes are still noticed within 0.5 s)")
+    s.add_argument("--max-recoveries", type=int, default=5,
+                   help="recoveries (step reloads, server restarts) within 5 minutes before serve gives up and "
+                        "exits 1")
+    s.add_argument("--no-supervise", action="store_true",
+                   help="no supervisor: a dead step stays dead (Triton 2.51 does not restart it)")
     s.set_defaults(func=cmd_serve)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxinst_serve.protocol import NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
@@ -76,11 +76,22 @@ class TritonServer:
     log_path: Path | None = None
     exit_timeout_s: int = 30
     process: subprocess.Popen | None = None
+    _stubs_at_start: list[str] = field(default_factory=list)  # step instances once ready
+    steps_died: int = 0  # step processes that died since start (the supervisor counts them)
+    _log_in_workdir: bool = False  # the log lives (and dies) with the temporary folder
     _workdir: tempfile.TemporaryDirectory | None = None
 
     @property
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        return self.host
+
+    @property
+    def metrics_address(self) -> str:
+        return self.host
 
     def command(self, backend_dir: Path) -> list[str]:
         return [str(pytriton_root() / "bin" / "tritonserver"),
@@ -91,7 +102,10 @@ class TritonServer:
                 f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false",
                 f"--exit-timeout-secs={self.exit_timeout_s}",
-                "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0"]
+                "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0",
+                # Every model loaded at start, and the repository API able to unload and load one
+                # again: how the supervisor brings back a step whose process died (serving/supervisor.py).
+                "--model-control-mode=explicit", "--load-model=*"]
 
     def environment(self) -> dict[str, str]:
         env = os.environ.copy()
@@ -116,10 +130,12 @@ class TritonServer:
             with socket.socket() as s:
                 if s.connect_ex((self.host if self.host != "0.0.0.0" else "127.0.0.1", port)) == 0:
                     raise ServerError(f"port {port} on {self.host} is already in use")
+        self.steps_died = 0
         self._workdir = tempfile.TemporaryDirectory(prefix="boxinst-serve-")
         backend_dir = build_backend_dir(Path(self._workdir.name) / "backends")
-        if self.log_path is None:
+        if self.log_path is None or self._log_in_workdir:
             self.log_path = Path(self._workdir.name) / "tritonserver.log"
+            self._log_in_workdir = True
         log_file = open(self.log_path, "ab")
         log.info("starting tritonserver on %s (gRPC %d, HTTP %d, metrics %d), log %s", self.host, self.grpc_port,
                  self.http_port, self.metrics_port, self.log_path)
@@ -144,11 +160,9 @@ class TritonServer:
             return ""
 
     def wait_ready(self, timeout_s: float) -> None:
-        import tritonclient.grpc as grpcclient
-
         deadline = time.monotonic() + timeout_s
         models = self.served_models()
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = self.grpc_client()
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -156,6 +170,9 @@ class TritonServer:
                 try:
                     if client.is_server_ready(client_timeout=2) and all(
                             client.is_model_ready(m, client_timeout=2) for m in models):
+                        from boxinst_serve.serving.supervisor import server_stubs
+
+                        self._stubs_at_start = sorted(server_stubs(self.process.pid))
                         return
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
@@ -164,19 +181,55 @@ class TritonServer:
             client.close()
         raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def grpc_client(self):
+        """A tritonclient gRPC client of this server (its own connection: close it)."""
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc_url)
+
+    def request_headers(self) -> dict[str, str] | None:
+        """The headers every request of ours carries (none without an API key)."""
+        return None
+
+    def dead_steps(self) -> list[str]:
+        """Models whose Python-backend step process seen at start is gone (serving/supervisor.py)."""
+        from boxinst_serve.serving.supervisor import INSTANCE_RE, server_stubs
+
+        if self.process is None or self.process.poll() is not None:
+            return []
+        alive = set(server_stubs(self.process.pid))
+        return sorted({INSTANCE_RE.sub(r"\g<model>", i) for i in set(self._stubs_at_start) - alive})
+
+    def restart(self, timeout_s: float = 120.0) -> "TritonServer":
+        """Stop (killing at once: it is restarted because it is broken) and start on the same ports."""
+        self.stop(timeout_s=0)
+        return self.start(timeout_s)
+
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """SIGTERM (Triton finishes in-flight requests, up to exit_timeout_s), then SIGKILL."""
+        """SIGTERM (Triton finishes in-flight requests, up to exit_timeout_s), then SIGKILL. With a
+        dead step Triton would wait out its exit timeout for it: then the wait is 3 s."""
+        from boxinst_serve.serving.supervisor import remove_regions, server_stubs
+
         p = self.process
         code = None
         if p is not None:
             if p.poll() is None:
+                regions = [s.shm_region for s in server_stubs(p.pid).values()]
+                if timeout_s is None:
+                    # Triton waits out its exit timeout for a step that died, even one reloaded since
+                    # (measured: 30.7 s after a recovery): such a server gets 3 s, then SIGKILL.
+                    broken = self.steps_died or self.dead_steps()
+                    timeout_s = min(3.0, self.exit_timeout_s) if broken else self.exit_timeout_s + 10
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 10)
+                    p.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
-                    log.warning("tritonserver did not stop in time: killing it")
+                    log.warning("tritonserver did not stop in %.0f s: killing it", timeout_s)
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+                    removed = remove_regions(regions)  # what its killed steps could not remove
+                    if removed:
+                        log.info("removed %d shared-memory region(s) the killed server left", len(removed))
             code = p.returncode
             self.process = None
         if self._workdir is not None:
@@ -191,31 +244,47 @@ class TritonServer:
         self.stop()
 
 
-def serve_forever(server: TritonServer, timeout_s: float = 120.0) -> int:
-    """Start, print the endpoint, forward SIGINT/SIGTERM as a clean shutdown, return its exit code."""
+def serve_forever(server: TritonServer, timeout_s: float = 120.0, supervise=None) -> int:
+    """Start, print the endpoint, forward SIGINT/SIGTERM as a clean shutdown, return its exit code.
+    supervise: serving.supervisor.SupervisorSettings to heal dead steps and a dead server (None:
+    no supervisor; then a server that exits ends this too)."""
+    from boxinst_serve.serving.supervisor import Supervisor
+
     stop = {"signal": None}
 
     def handler(signum, frame):
         stop["signal"] = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    supervisor = None
     try:
         server.start(timeout_s)
-        print(f"boxinst serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.host}:{server.http_port}, "
-              f"metrics {server.host}:{server.metrics_port} (Ctrl-C stops)", flush=True)
-        while stop["signal"] is None and server.process is not None and server.process.poll() is None:
+        print(f"boxinst serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_address}:"
+              f"{server.http_port}, metrics {server.metrics_address}:{server.metrics_port} (Ctrl-C stops)", flush=True)
+        if supervise is not None:
+            supervisor = Supervisor(server, supervise).start()
+        while stop["signal"] is None:
+            if supervisor is not None and supervisor.failed:
+                print(f"boxinst serve: the supervisor {supervisor.failed}", file=sys.stderr)
+                supervisor.stop()
+                server.stop()
+                return 1
+            if supervisor is None and (server.process is None or server.process.poll() is not None):
+                code = None if server.process is None else server.process.returncode
+                print(f"tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
+                server.stop()
+                return code or 1
             time.sleep(0.2)
-        if stop["signal"] is None and server.process is not None:
-            code = server.process.returncode
-            print(f"tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
-            server.stop()
-            return code or 1
         print("stopping (in-flight requests finish first)...", flush=True)
+        if supervisor is not None:
+            supervisor.stop()
         server.stop()
         return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if supervisor is not None:
+            supervisor.stop()
         if server.process is not None:
             server.stop()
 

@@ -1,0 +1,294 @@
+"""Keeps a running tritonserver healthy: `boxinst serve` runs one beside the server.
+
+Triton 2.51's Python backend does not restart a step whose stub process died (an out-of-memory
+kill, a crash in a native library): every request through it fails with "Stub process ... is not
+healthy" while the ready endpoint still answers ready (triton-inference-server/server#8604). The
+supervisor closes that gap:
+
+- **watch**: every `poll_s` it lists the server's stub processes (`/proc`: each stub's argv names
+  its instance, e.g. `boxinst_postprocess_0_0`, and its parent server's pid) and compares them with
+  those seen once the server was ready;
+- **probe**: every `probe_s` (and on demand, `probe()`) a tiny inference through each ensemble;
+- **heal**: a dead or failing step is *unloaded and loaded again* through the model-repository API
+  (the server runs with `--model-control-mode=explicit`). Unloading makes the server's own ready
+  endpoint answer not ready until the load completes, so probes and load balancers see the outage.
+  A plain `load` of an unchanged model is a no-op in 2.51 (measured: the dead stub stayed dead),
+  hence unload first. Measured here (2 cores): the reload takes 1.6-2.4 s, a full server restart
+  5-17 s; so reload first, and restart tritonserver on the same ports only when the reload does not
+  bring the step back or the server process itself died;
+- **back off and give up**: recoveries back off (`backoff_s`), and after `max_recoveries` within
+  `window_s` the supervisor gives up loudly (`failed` is set; `boxinst serve` exits non-zero so
+  that systemd or Kubernetes restarts the whole thing).
+
+Every event is logged with its cause and kept in `events` (time, kind, detail)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, RAW_MODEL
+
+log = logging.getLogger(__name__)
+STUB_BINARY = b"triton_python_backend_stub"
+INSTANCE_RE = re.compile(r"^(?P<model>.+)_\d+_\d+$")  # boxinst_postprocess_0_0 -> boxinst_postprocess
+PROBE_SIZE = (32, 32)  # a tiny frame: enough to run every step, too small to cost anything
+
+
+@dataclass(frozen=True)
+class Stub:
+    """One Python-backend step process: its instance name, model, pid and shared-memory region."""
+
+    instance: str
+    model: str
+    pid: int
+    shm_region: str
+
+
+def server_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[str, Stub]:
+    """{instance name: Stub} of the stub processes whose parent is tritonserver `server_pid`.
+    A stub's argv: binary, model.py, shm region, shm sizes (2), parent pid, backend dir, shm
+    message size, instance name, device (the Python backend's launch line)."""
+    stubs = {}
+    for p in proc.iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY) or argv[5] != str(server_pid).encode():
+            continue
+        instance = argv[8].decode(errors="replace")
+        m = INSTANCE_RE.match(instance)
+        stubs[instance] = Stub(instance, m.group("model") if m else instance, int(p.name),
+                               argv[2].decode(errors="replace"))
+    return stubs
+
+
+def process_rss_bytes(pids: list[int], proc: Path = Path("/proc")) -> int:
+    """Summed resident memory of these processes (VmRSS), those that still exist."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in (proc / str(pid) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+class GaveUp(RuntimeError):
+    """The supervisor stopped trying: too many recoveries in its window."""
+
+
+@dataclass
+class SupervisorSettings:
+    poll_s: float = 0.5  # how often the step processes are listed
+    probe_s: float = 10.0  # how often a tiny inference goes through each ensemble (0: never)
+    probe_timeout_s: float = 10.0
+    reload_timeout_s: float = 60.0  # a step's unload + load
+    max_recoveries: int = 5  # within window_s: then give up
+    window_s: float = 300.0
+    backoff_s: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # before the 1st, 2nd, ... recovery in the window
+
+
+@dataclass
+class Supervisor:
+    """Watches `server` (a started serving.server.TritonServer) from a daemon thread: `start()`,
+    `stop()`. `healthy` is False from a detected failure until the server answers again."""
+
+    server: Any
+    settings: SupervisorSettings = field(default_factory=SupervisorSettings)
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    failed: str | None = None  # why it gave up
+    healthy: bool = True
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one recovery at a time (the watch loop and probe() on demand)
+        self._thread: threading.Thread | None = None
+        self._expected: set[str] = set()
+        self._recoveries: list[float] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "Supervisor":
+        self._expected = set(self._stubs())
+        self._record("watch", f"{len(self._expected)} step process(es): {', '.join(sorted(self._expected)) or 'none'}")
+        self._thread = threading.Thread(target=self._run, name="boxinst-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.reload_timeout_s)
+            self._thread = None
+
+    # ---- what is running ------------------------------------------------------------------------
+    def _stubs(self) -> dict[str, Stub]:
+        p = self.server.process
+        return server_stubs(p.pid) if p is not None and p.poll() is None else {}
+
+    def dead_steps(self) -> list[str]:
+        """Models with an instance seen at start whose stub process is gone."""
+        alive = self._stubs()
+        return sorted({INSTANCE_RE.sub(r"\g<model>", i) for i in self._expected - set(alive)})
+
+    def _record(self, kind: str, detail: str, level: int = logging.INFO) -> None:
+        self.events.append((time.time(), kind, detail))
+        log.log(level, "supervisor: %s: %s", kind, detail)
+
+    # ---- probing --------------------------------------------------------------------------------
+    def probe(self) -> str | None:
+        """One tiny inference through each ensemble the server has. -> None when all answered, else
+        what failed (model and the server's message)."""
+        import numpy as np
+
+        import tritonclient.grpc as grpcclient
+
+        from boxinst_serve.client.grpc_client import _raw_request, _request
+
+        frame = np.full((*PROBE_SIZE, 3), 114, np.uint8)
+        client = self.server.grpc_client()
+        try:
+            for model in self.server.served_models():
+                if model == ENSEMBLE_MODEL:
+                    import cv2
+
+                    inputs, outputs = _request(grpcclient, cv2.imencode(".png", frame)[1].tobytes(), "rle")
+                elif model in (RAW_MODEL, FUSED_RAW_MODEL):
+                    inputs, outputs = _raw_request(grpcclient, frame, "rle")
+                else:
+                    continue
+                try:
+                    client.infer(model, inputs, outputs=outputs, client_timeout=self.settings.probe_timeout_s,
+                                 headers=self.server.request_headers())
+                except Exception as e:  # noqa: BLE001 - any failure of the probe is the finding
+                    return f"{model}: {e}"
+            return None
+        finally:
+            client.close()
+
+    # ---- healing --------------------------------------------------------------------------------
+    def _backoff(self) -> None:
+        now = time.monotonic()
+        self._recoveries = [t for t in self._recoveries if now - t < self.settings.window_s]
+        if len(self._recoveries) >= self.settings.max_recoveries:
+            raise GaveUp(f"{len(self._recoveries)} recoveries within {self.settings.window_s:.0f} s")
+        wait = self.settings.backoff_s[min(len(self._recoveries), len(self.settings.backoff_s) - 1)]
+        self._recoveries.append(now)
+        if wait:
+            self._record("backoff", f"waiting {wait:g} s before recovery {len(self._recoveries)}")
+            self._stop.wait(wait)
+
+    def reload(self, models: list[str]) -> None:
+        """Unload then load each model (its dependants, the ensembles, follow: not ready meanwhile)."""
+        client = self.server.grpc_client()
+        try:
+            for model in models:
+                client.unload_model(model, headers=self.server.request_headers(),
+                                    client_timeout=self.settings.reload_timeout_s)
+            for model in models:
+                client.load_model(model, headers=self.server.request_headers(),
+                                  client_timeout=self.settings.reload_timeout_s)
+        finally:
+            client.close()
+        self.server.wait_ready(self.settings.reload_timeout_s)
+
+    def recover(self, models: list[str], cause: str) -> None:
+        """Bring the server back after `cause`: reload `models` (all Python steps if empty), and
+        restart tritonserver on the same ports if that does not make it answer."""
+        with self._lock:
+            if models and not set(models) & set(self.dead_steps()) and self.healthy:
+                return  # already brought back by the other thread
+            self.healthy = False
+            self.server.steps_died += 1  # its stop is then short (serving/server.py: stop)
+            self._backoff()
+            t0 = time.monotonic()
+            if self.server.process is not None and self.server.process.poll() is None:
+                # A failed probe may have been a step that died meanwhile: reload the dead ones; if
+                # none is dead (a step hangs), every step.
+                targets = models or self.dead_steps() or sorted({s.model for s in self._stubs().values()})
+                self._record("reload", f"{', '.join(targets)} ({cause})", logging.WARNING)
+                try:
+                    self.reload(targets)
+                    failure = self.probe()
+                except Exception as e:  # noqa: BLE001 - the restart below is the answer to any failure
+                    failure = str(e)
+                missing = set(targets) - {s.model for s in self._stubs().values()}
+                if failure is None and not missing:
+                    self._expected = set(self._stubs())
+                    self._done(t0, "reload")
+                    return
+                self._record("reload failed", failure or f"no step process for {', '.join(sorted(missing))}",
+                             logging.WARNING)
+            self._record("restart", f"tritonserver on the same ports ({cause})", logging.WARNING)
+            self.server.restart()
+            self._expected = set(self._stubs())
+            self._done(t0, "restart")
+
+    def _done(self, t0: float, how: str) -> None:
+        self.healthy = True
+        self._record("recovered", f"by {how} in {time.monotonic() - t0:.1f} s")
+
+    # ---- the watch loop -------------------------------------------------------------------------
+    def check(self) -> None:
+        """One round: a dead server, dead steps, and (when due) the probe; recovers what failed."""
+        p = self.server.process
+        if p is None or p.poll() is not None:
+            code = None if p is None else p.returncode
+            self.recover([], f"tritonserver exited with code {code}")
+            return
+        dead = self.dead_steps()
+        if dead:
+            self.recover(dead, f"step process of {', '.join(dead)} died")
+
+    def _probe_loop(self) -> None:
+        """The probe in its own thread: a request stuck in a dying step must not delay the watch."""
+        while not self._stop.wait(self.settings.probe_s):
+            if self.failed:
+                return
+            failure = self.probe()
+            if failure is not None:
+                with self._lock:  # a recovery under way (the watch saw a dead step) finishes first
+                    pass
+                failure = self.probe()
+            if failure is not None and not self._stop.is_set():
+                self._guarded(lambda: self.recover([], f"probe failed: {failure}"))
+
+    def _guarded(self, action) -> None:
+        try:
+            action()
+        except GaveUp as e:
+            self.failed = f"gave up: {e}; last events: " + "; ".join(
+                f"{kind}: {detail}" for _, kind, detail in self.events[-4:])
+            self.healthy = False
+            self._record("gave up", self.failed, logging.ERROR)
+        except Exception as e:  # noqa: BLE001 - keep watching; the next round retries
+            self._record("error", f"{type(e).__name__}: {e}", logging.ERROR)
+
+    def _run(self) -> None:
+        if self.settings.probe_s:
+            threading.Thread(target=self._probe_loop, name="boxinst-probe", daemon=True).start()
+        while not self._stop.wait(self.settings.poll_s) and not self.failed:
+            self._guarded(self.check)
+
+
+def remove_regions(names: list[str], shm_dir: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink the Python backend's shared-memory regions a killed server left; -> those removed."""
+    removed = []
+    for name in names:
+        path = shm_dir / name.lstrip("/")
+        try:
+            os.unlink(path)
+            removed.append(name)
+        except FileNotFoundError:
+            continue
+    return removed
