@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from boxinst_serve.config import preset
+from boxinst_serve.config import ModelConfig, preset
 from training.config import REFERENCE_ITERS, LossConfig, TrainConfig
 from boxinst_serve.files import write_json_atomic
 from training.evaluate import evaluate, hole_fill_fraction, matched_mask_iou, per_category_ap
@@ -179,7 +179,7 @@ def select_variants(only: str = "", extra: str = "") -> list[Variant]:
     return [v for v in known if v.key in wanted]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/ablation")
     p.add_argument("--iters", type=int, default=1200, help="iterations of each variant")
@@ -200,7 +200,118 @@ def main(argv: list[str] | None = None) -> int:
                    help="take the shapes set and the shared detector from this earlier ablation folder (e.g. "
                         "outputs/ablation) instead of making them, so another schedule starts from the same point")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _shapes_set(shared: Path, args: argparse.Namespace) -> Path:
+    """The shapes folder (train.json, val.json) under `shared`: made there unless it exists; with
+    --shared it must exist (FileNotFoundError)."""
+    from training.shapes import make_shapes
+
+    data = shared / "shapes"
+    if args.shared and not (data / "val.json").exists():
+        raise FileNotFoundError(f"--shared {shared}: no shapes set '{data / 'val.json'}' (run the ablation there first)")
+    if not (data / "val.json").exists():
+        make_shapes(data, args.num_images, seed=args.seed, size=args.size)
+    return data
+
+
+def _train_variant(v: Variant, run: Path, iters: int, init: Path | None, data: Path, model_cfg: ModelConfig,
+                   args: argparse.Namespace) -> Path:
+    """Train variant `v` into the folder `run` (from `init`'s weights when given) and return its
+    `final.pt`: a finished run is kept as it is, an interrupted one resumed from its `last.pt`."""
+    from training.trainer import train
+
+    if (run / "final.pt").exists():
+        return run / "final.pt"
+    cfg = TrainConfig.scaled(iters, batch_size=4, min_sizes=(args.size - 32, args.size, args.size + 32),
+                             max_size=2 * args.size, num_workers=1, seed=args.seed, loss=v.loss, log_period=50,
+                             lr=args.lr)
+    resume = (run / "last.pt").exists()
+    return train(model_cfg, cfg, str(data / "train.json"), str(run), resume=resume,
+                 init_checkpoint=str(init) if init else None, progress=False)
+
+
+def _shared_detector(shared: Path, data: Path, model_cfg: ModelConfig, args: argparse.Namespace) -> Path | None:
+    """The shared starting point's `final.pt` (trained unless done; with --shared it must be done:
+    FileNotFoundError), or None with --pretrain-iters 0 (every variant from scratch)."""
+    if args.pretrain_iters <= 0:
+        return None
+    if args.shared and not (shared / DETECTOR.key / "final.pt").exists():
+        raise FileNotFoundError(f"--shared {shared}: no finished detector '{shared / DETECTOR.key / 'final.pt'}'")
+    return _train_variant(DETECTOR, shared / DETECTOR.key, args.pretrain_iters, None, data, model_cfg, args)
+
+
+def _evaluated_variant(v: Variant, run: Path, init: Path | None, data: Path, model_cfg: ModelConfig,
+                       args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Variant `v`'s (COCO eval report, predictions on the validation split), read from `run`;
+    trained and evaluated first unless its `eval.json` exists (written atomically, last)."""
+    result = run / "eval.json"
+    if not result.exists():
+        final = _train_variant(v, run, args.iters, init, data, model_cfg, args)
+        report = evaluate(str(final), str(data / "val.json"), json_out=str(run / "predictions.json"),
+                          progress=False)
+        write_json_atomic(result, report)
+    report = json.loads(result.read_text())
+    return report, json.loads((run / "predictions.json").read_text())["predictions"]
+
+
+def _variant_row(v: Variant, report: dict, gt, preds: list[dict]) -> dict:
+    """One variant's row of ablation.json: its APs, the mean IoU of its matched masks, mask AP per
+    category, hole fill (`gt`: the validation split as a pycocotools COCO)."""
+    return {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
+            "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds),
+            "segm_per_category": per_category_ap(gt, preds), "holes": hole_fill_fraction(gt, preds)}
+
+
+def _detector_bbox(init: Path | None, shared: Path, data: Path) -> dict | None:
+    """How well the shared starting point detects (box AP; its masks are untrained), evaluated once
+    into its `eval.json`; None without one."""
+    if init is None:
+        return None
+    result = shared / DETECTOR.key / "eval.json"
+    if not result.exists():
+        write_json_atomic(result, evaluate(str(init), str(data / "val.json"), progress=False))
+    return json.loads(result.read_text())["bbox"]
+
+
+def _results_table(rows: dict[str, dict]) -> list[str]:
+    """The markdown table of ablation.md: one line per variant."""
+    lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects "
+             "| hole pixels predicted as object |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        s, b, a, m, h = r["segm"], r["bbox"], r["segm_class_agnostic"], r["matched"], r["holes"]
+        lines.append(f"| {r['label']} | {s['AP']:.1f} | {s['AP50']:.1f} | {s['AP75']:.1f} | {a['AP']:.1f} | "
+                     f"{b['AP']:.1f} | {m['mask_iou']:.3f} ({m['matched']} objects; filled boxes "
+                     f"{m['filled_box_iou']:.3f}) | {h['filled']:.2f} ({h['matched']} objects with a hole) |")
+    return lines
+
+
+def _per_category_table(rows: dict[str, dict]) -> list[str]:
+    """Mask AP per category (a variant per line), after a blank line; [] without rows."""
+    if not rows:
+        return []
+    cats = list(next(iter(rows.values()))["segm_per_category"])
+    return (["", "Mask AP per category:", "", "| variant | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+            + [f"| {r['label']} | " + " | ".join(f"{r['segm_per_category'][c]:.1f}" for c in cats) + " |"
+               for r in rows.values()])
+
+
+def _report_lines(rows: dict[str, dict], detector: dict | None, pretrain_iters: int) -> list[str]:
+    """ablation.md: the results table, the shared starting point's box AP, mask AP per category,
+    then the paper's targets and the semi-supervised and hole comparisons."""
+    lines = _results_table(rows)
+    if detector is not None:
+        lines += ["", f"Shared starting point ({pretrain_iters} iterations, detection losses only): "
+                      f"box AP {detector['AP']:.1f}, AP50 {detector['AP50']:.1f}."]
+    lines += _per_category_table(rows)
+    lines += [""] + target_lines(rows) + restated_target_lines(rows)
+    lines += semi_supervised_lines(rows) + hole_lines(rows)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     variants = select_variants(args.only, args.extra)
     if args.threads > 0:
         import torch
@@ -209,78 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pycocotools.coco import COCO
 
-    from training.shapes import make_shapes
-    from training.trainer import train
-
     out = Path(args.out)
     shared = Path(args.shared) if args.shared else out
-    data = shared / "shapes"
-    if args.shared and not (data / "val.json").exists():
-        raise FileNotFoundError(f"--shared {shared}: no shapes set '{data / 'val.json'}' (run the ablation there first)")
-    if not (data / "val.json").exists():
-        make_shapes(data, args.num_images, seed=args.seed, size=args.size)
+    data = _shapes_set(shared, args)
     model_cfg = preset("lite").replace(min_size_test=args.size, max_size_test=2 * args.size)
-
-    def run_training(v: Variant, run: Path, iters: int, init: Path | None) -> Path:
-        if (run / "final.pt").exists():
-            return run / "final.pt"
-        cfg = TrainConfig.scaled(iters, batch_size=4, min_sizes=(args.size - 32, args.size, args.size + 32),
-                                 max_size=2 * args.size, num_workers=1, seed=args.seed, loss=v.loss, log_period=50,
-                                 lr=args.lr)
-        resume = (run / "last.pt").exists()
-        return train(model_cfg, cfg, str(data / "train.json"), str(run), resume=resume,
-                     init_checkpoint=str(init) if init else None, progress=False)
-
-    init = None
-    if args.pretrain_iters > 0:
-        if args.shared and not (shared / DETECTOR.key / "final.pt").exists():
-            raise FileNotFoundError(f"--shared {shared}: no finished detector '{shared / DETECTOR.key / 'final.pt'}'")
-        init = run_training(DETECTOR, shared / DETECTOR.key, args.pretrain_iters, None)
+    init = _shared_detector(shared, data, model_cfg, args)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(data / "val.json"))
     rows = {}
     for v in variants:
-        run = out / v.key
-        result = run / "eval.json"
-        if not result.exists():
-            final = run_training(v, run, args.iters, init)
-            report = evaluate(str(final), str(data / "val.json"), json_out=str(run / "predictions.json"),
-                              progress=False)
-            write_json_atomic(result, report)
-        report = json.loads(result.read_text())
-        preds = json.loads((run / "predictions.json").read_text())["predictions"]
-        rows[v.key] = {"label": v.label, "segm": report["segm"], "bbox": report["bbox"],
-                       "segm_class_agnostic": report["segm_class_agnostic"], "matched": matched_mask_iou(gt, preds),
-                       "segm_per_category": per_category_ap(gt, preds), "holes": hole_fill_fraction(gt, preds)}
+        report, preds = _evaluated_variant(v, out / v.key, init, data, model_cfg, args)
+        rows[v.key] = _variant_row(v, report, gt, preds)
         print(f"{v.label}: mask AP {report['segm']['AP']:.1f}, box AP {report['bbox']['AP']:.1f}", flush=True)
-    detector = None
-    if init is not None:  # how good the shared starting point detects (its masks are untrained)
-        result = shared / DETECTOR.key / "eval.json"
-        if not result.exists():
-            write_json_atomic(result, evaluate(str(init), str(data / "val.json"), progress=False))
-        detector = json.loads(result.read_text())["bbox"]
+    detector = _detector_bbox(init, shared, data)
     write_json_atomic(out / "ablation.json",
                       {"iters": args.iters, "pretrain_iters": args.pretrain_iters, "shared": args.shared or None,
                        "num_images": args.num_images,
                        "size": args.size, "detector_bbox": detector, "rows": rows})
-    lines = ["| variant | mask AP | AP50 | AP75 | class-agnostic mask AP | box AP | mean mask IoU of matched objects "
-             "| hole pixels predicted as object |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows.values():
-        s, b, a, m, h = r["segm"], r["bbox"], r["segm_class_agnostic"], r["matched"], r["holes"]
-        lines.append(f"| {r['label']} | {s['AP']:.1f} | {s['AP50']:.1f} | {s['AP75']:.1f} | {a['AP']:.1f} | "
-                     f"{b['AP']:.1f} | {m['mask_iou']:.3f} ({m['matched']} objects; filled boxes "
-                     f"{m['filled_box_iou']:.3f}) | {h['filled']:.2f} ({h['matched']} objects with a hole) |")
-    if detector is not None:
-        lines += ["", f"Shared starting point ({args.pretrain_iters} iterations, detection losses only): "
-                      f"box AP {detector['AP']:.1f}, AP50 {detector['AP50']:.1f}."]
-    if rows:
-        cats = list(next(iter(rows.values()))["segm_per_category"])
-        lines += ["", "Mask AP per category:", "", "| variant | " + " | ".join(cats) + " |",
-                  "|---|" + "---|" * len(cats)]
-        lines += [f"| {r['label']} | " + " | ".join(f"{r['segm_per_category'][c]:.1f}" for c in cats) + " |"
-                  for r in rows.values()]
-    lines += [""] + target_lines(rows) + restated_target_lines(rows)
-    lines += semi_supervised_lines(rows) + hole_lines(rows)
+    lines = _report_lines(rows, detector, args.pretrain_iters)
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from boxinst_serve.checkpoint import load_checkpoint, save_atomic
+from boxinst_serve.checkpoint import load_checkpoint
 from boxinst_serve.config import ModelConfig, pad_value
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.model import build_model
+from training.checkpoints import FINAL, LAST, load_for_resume, save_checkpoint
 from training.collapse import CollapseMonitor, summary as collapse_summary
 from training.config import TrainConfig
 from training.criterion import compute_losses
@@ -206,6 +207,258 @@ def _check_memory(model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConf
     return (estimate.gpu_total if device.type == "cuda" else estimate.total) / 1e9, line
 
 
+def _place(device: str) -> tuple[torch.device, DistInfo]:
+    """This process's device and its place among torchrun's processes: joins the process group
+    (if any) and, on CUDA, takes (and makes current) the GPU of LOCAL_RANK."""
+    dev = resolve_device(device)
+    info = init_distributed(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    return dev, info
+
+
+def _open_dataset(data_json: str, images_dir: str | None, train_cfg: TrainConfig) -> CocoBoxDataset:
+    """The training set with the schedule's augmentation; raises ValueError when it has no images
+    and FileNotFoundError when image files are missing."""
+    dataset = CocoBoxDataset(data_json, images_dir, supervision=train_cfg.loss.supervision,
+                             min_sizes=train_cfg.min_sizes, max_size=train_cfg.max_size,
+                             flip_prob=train_cfg.flip_prob, mask_classes=train_cfg.loss.mask_classes)
+    if len(dataset) == 0:
+        raise ValueError(f"'{data_json}' has no images to train on")
+    missing = dataset.missing_files()
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image file(s) of '{data_json}' not found, e.g. {missing[:3]} "
+                                "(set --images to the image folder)")
+    return dataset
+
+
+def _build_model(model_cfg: ModelConfig, dev: torch.device, ckpt: dict | None, pretrained_backbone: str | None,
+                 init_checkpoint: str | None, reset_classes: bool) -> nn.Module:
+    """The model on `dev`, in train mode. Its weights: the resumed checkpoint's (`ckpt`), else a
+    fresh initialisation with, when given, the backbone's pretrained weights and then those of
+    `init_checkpoint` (see `_init_from`)."""
+    model = build_model(model_cfg)
+    if pretrained_backbone and ckpt is None:
+        state = torch.load(pretrained_backbone, map_location="cpu", weights_only=True)
+        missing = model.backbone.load_backbone_weights(state)
+        log.info("loaded backbone weights from %s (%d missing keys)", pretrained_backbone, len(missing))
+    if init_checkpoint and ckpt is None:
+        _init_from(model, model_cfg, init_checkpoint, reset_classes)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    return model.to(dev).train()
+
+
+def _data_parallel(model: nn.Module, dev: torch.device, info: DistInfo) -> nn.Module:
+    """`model` wrapped in DistributedDataParallel with several processes; `model` itself with one."""
+    if info.world_size <= 1:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
+
+
+def _build_loader(dataset: CocoBoxDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, info: DistInfo,
+                  start_iter: int) -> DataLoader:
+    """This process's batches for iterations start_iter..iters-1 (IterationBatchSampler: the same
+    batches whether resumed or not), each padded to the model's size divisibility. Raises
+    ValueError when the batch size does not split evenly over the processes."""
+    if train_cfg.batch_size % info.world_size:
+        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} processes")
+    sampler = IterationBatchSampler(len(dataset), train_cfg.batch_size // info.world_size, train_cfg.iters,
+                                    start_iter, train_cfg.seed, info.rank, info.world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.num_workers, persistent_workers=False,
+                      collate_fn=functools.partial(collate, size_divisibility=model_cfg.size_divisibility,
+                                                   pad=pad_value(model_cfg)))
+
+
+def _collapse_monitor(train_cfg: TrainConfig, ckpt: dict | None) -> CollapseMonitor:
+    """A fresh collapse monitor, or the resumed run's (so it compares with the original start)."""
+    monitor = CollapseMonitor(train_cfg.iters)
+    if ckpt is not None and "collapse_monitor" in ckpt:
+        monitor.load_state_dict(ckpt["collapse_monitor"])
+    return monitor
+
+
+@dataclass
+class _TrainingRun:
+    """What one training run works with once it is built: the model and what trains it, the
+    configs in force (a resumed run's own), this process's place, and the output folder."""
+
+    model: nn.Module
+    ddp_model: nn.Module  # `model` itself on one process
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler
+    use_amp: bool  # CUDA autocast (float16) and a live scaler
+    monitor: CollapseMonitor
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    info: DistInfo
+    dev: torch.device
+    out: Path
+
+    def save(self, iteration: int, name: str, with_optimizer: bool = True) -> None:
+        """Checkpoint `out/name` on rank 0 (training/checkpoints.py: `last.pt` with the optimizer,
+        `final.pt` without)."""
+        if self.info.is_main:
+            save_checkpoint(self.out / name, self.model, self.model_cfg, self.train_cfg, iteration,
+                            self.optimizer if with_optimizer else None, self.monitor if with_optimizer else None)
+
+
+@dataclass
+class _LoopState:
+    """The loop's running values: the next iteration, non-finite losses in a row, the collapse
+    reasons of the last logging window ({} when it looked well) and when that window opened."""
+
+    iteration: int
+    t_last: float
+    nonfinite: int = 0
+    collapsed: dict[str, str] = field(default_factory=dict)
+
+
+def _announce(run: _TrainingRun, dataset: CocoBoxDataset, data_json: str, start_iter: int, memory_gb: float,
+              memory_line: str) -> None:
+    """Rank 0's start of a run: `out/config.json` (written atomically) and the opening log lines."""
+    model_cfg, train_cfg, info = run.model_cfg, run.train_cfg, run.info
+    write_json_atomic(run.out / "config.json", {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+                                                "device": str(run.dev), "processes": info.world_size,
+                                                "estimated_peak_memory_gb": round(memory_gb, 3)}, indent=2)
+    log.info("training %s on %d images (%s), iterations %d..%d, on %s: batch %d (%d per process x %d), "
+             "short side %s, long side <= %d, %d data worker(s) per process; test size %d/%d; %s",
+             model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, run.dev, train_cfg.batch_size,
+             train_cfg.batch_size // info.world_size, info.world_size,
+             "/".join(map(str, train_cfg.min_sizes)), train_cfg.max_size, train_cfg.num_workers,
+             model_cfg.min_size_test, model_cfg.max_size_test, train_cfg.describe_lr())
+    log.info("%s", memory_line)
+
+
+def _forward_losses(run: _TrainingRun, batch: dict, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The forward pass (under autocast with AMP) and the criterion: ({name: 0-d loss}, the mask
+    statistics for the collapse monitor). Moves `batch["images"]` ([B, 3, H, W]) to the device."""
+    images = batch["images"].to(run.dev, non_blocking=True)
+    with torch.autocast(device_type=run.dev.type, dtype=torch.float16, enabled=run.use_amp):
+        outputs = run.ddp_model(images)
+    batch["images"] = images
+    stats: dict = {}
+    losses = compute_losses(outputs, batch, run.model_cfg, run.train_cfg.loss, iteration, stats=stats)
+    return losses, stats
+
+
+def _all_finite(loss: torch.Tensor, run: _TrainingRun) -> bool:
+    """Whether the loss is finite on every process (so that all of them step, or none)."""
+    finite = torch.tensor([float(torch.isfinite(loss))], device=run.dev)
+    if run.info.world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return finite.item() >= 1
+
+
+def _optimizer_step(run: _TrainingRun, loss: torch.Tensor) -> None:
+    """Backward (scaled with AMP), gradient clipping when configured, and the SGD step."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.train_cfg.clip_grad_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.train_cfg.clip_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+
+
+def _step(run: _TrainingRun, batch: dict, state: _LoopState) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Iteration `state.iteration`: the scheduled learning rate, losses and, when the loss is
+    finite everywhere, the step; returns ({name: 0-d loss}, their sum). A non-finite loss skips the
+    step; `max_nonfinite` of them in a row raise RuntimeError (training diverged)."""
+    train_cfg = run.train_cfg
+    for g in run.optimizer.param_groups:
+        g["lr"] = train_cfg.lr * train_cfg.lr_factor(state.iteration)
+    losses, stats = _forward_losses(run, batch, state.iteration)
+    loss = sum(losses.values())
+    if not _all_finite(loss, run):
+        state.nonfinite += 1
+        log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", state.iteration,
+                    {k: float(v.detach()) for k, v in losses.items()}, state.nonfinite)
+        run.optimizer.zero_grad(set_to_none=True)
+        if state.nonfinite >= train_cfg.max_nonfinite:
+            raise RuntimeError(f"{state.nonfinite} non-finite losses in a row at iteration {state.iteration}: "
+                               "training diverged (lower --lr, or check the data)")
+    else:
+        state.nonfinite = 0
+        _optimizer_step(run, loss)
+        run.monitor.update(losses["loss_prj"].detach() if "loss_prj" in losses else 0.0, stats)
+    return losses, loss
+
+
+def _log_window(run: _TrainingRun, state: _LoopState, losses: dict[str, torch.Tensor], loss: torch.Tensor,
+                bar: tqdm) -> None:
+    """Close the logging window that ends at `state.iteration`: one line of `out/metrics.jsonl` on
+    rank 0 ({"iteration", "lr", "loss", each loss term, "s_per_iter", "peak_rss_gb", and the
+    collapse monitor's window}), a warning when the collapse reasons change, the bar's loss."""
+    now = time.perf_counter()
+    record = {"iteration": state.iteration, "lr": run.optimizer.param_groups[0]["lr"],
+              "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+              "s_per_iter": (now - state.t_last) / run.train_cfg.log_period,
+              "peak_rss_gb": round(peak_resident_bytes() / 1e9, 3), **run.monitor.window(state.iteration)}
+    state.t_last = now
+    reasons = record.get("collapse", {})
+    if reasons and run.info.is_main and reasons.keys() != state.collapsed.keys():
+        log.warning("%s", collapse_summary(reasons, state.iteration))
+    state.collapsed = reasons
+    bar.set_postfix(loss=f"{record['loss']:.3f}")
+    if run.info.is_main:
+        _append_jsonl(run.out / "metrics.jsonl", record)
+
+
+def _train_loop(run: _TrainingRun, loader: DataLoader, start_iter: int, bar: tqdm) -> _LoopState:
+    """The iterations start_iter..iters-1, with the logging windows and periodic `last.pt`;
+    returns the final state. SIGINT/SIGTERM stop at the next iteration boundary: `last.pt` is
+    saved there and KeyboardInterrupt raised."""
+    train_cfg = run.train_cfg
+    state = _LoopState(iteration=start_iter, t_last=time.perf_counter())
+    stop = _GracefulStop()
+    restore_signals = stop.install()
+    try:
+        for batch in loader:
+            losses, loss = _step(run, batch, state)
+            state.iteration += 1
+            bar.update(1)
+            if state.iteration % train_cfg.log_period == 0 or state.iteration == train_cfg.iters:
+                _log_window(run, state, losses, loss, bar)
+            if state.iteration % train_cfg.checkpoint_period == 0 and state.iteration < train_cfg.iters:
+                run.save(state.iteration, LAST)
+            if stop.requested and state.iteration < train_cfg.iters:
+                # Between iterations the state is consistent: save it, then stop.
+                run.save(state.iteration, LAST)
+                log.warning("stopped at iteration %d; saved %s (continue with --resume)", state.iteration,
+                            run.out / LAST)
+                raise KeyboardInterrupt
+    finally:
+        restore_signals()
+    return state
+
+
+def _log_end(collapsed: dict[str, str]) -> None:
+    """Rank 0's closing lines: a mask head that still looks collapsed, the peak memory."""
+    if collapsed:
+        log.warning("training ended with a mask head that does not look like it learned: %s", "; ".join(collapsed.values()))
+    log.info("peak resident memory of the training process: %.2f GB", peak_resident_bytes() / 1e9)
+
+
+def _check_replicas(run: _TrainingRun, iteration: int) -> None:
+    """With several processes: record every replica's parameter checksum in metrics.jsonl
+    ({"iteration", "replica_checksums", "replicas_identical"}), leave the process group, and raise
+    RuntimeError when the replicas diverged."""
+    info = run.info
+    sums = [None] * info.world_size
+    dist.all_gather_object(sums, parameter_checksum(run.model))
+    identical = all(s == sums[0] for s in sums)
+    if info.is_main:
+        _append_jsonl(run.out / "metrics.jsonl", {"iteration": iteration, "replica_checksums": sums,
+                                                   "replicas_identical": identical})
+    dist.barrier()
+    dist.destroy_process_group()
+    if not identical:
+        raise RuntimeError(f"data-parallel replicas diverged: checksums {sums}")
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_dir: str,
           images_dir: str | None = None, resume: bool = False, device: str = "auto",
           pretrained_backbone: str | None = None, init_checkpoint: str | None = None,
@@ -217,176 +470,39 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     fresh schedule and optimizer; ignored when resuming (the resumed run already holds them).
     Before the first step the memory guard estimates the peak memory of a step and raises
     MemoryError if it exceeds `max_memory_gb` or what the machine has."""
-    dev = resolve_device(device)
-    info = init_distributed(dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(dev)
+    dev, info = _place(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
-
-    dataset = CocoBoxDataset(data_json, images_dir, supervision=train_cfg.loss.supervision,
-                             min_sizes=train_cfg.min_sizes, max_size=train_cfg.max_size,
-                             flip_prob=train_cfg.flip_prob, mask_classes=train_cfg.loss.mask_classes)
-    if len(dataset) == 0:
-        raise ValueError(f"'{data_json}' has no images to train on")
-    missing = dataset.missing_files()
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} image file(s) of '{data_json}' not found, e.g. {missing[:3]} "
-                                "(set --images to the image folder)")
+    dataset = _open_dataset(data_json, images_dir, train_cfg)
     model_cfg = model_cfg.replace(num_classes=len(dataset.class_names), class_names=list(dataset.class_names))
+    ckpt = load_for_resume(out) if resume else None
+    if ckpt is not None:  # a resumed run goes on with its own configs, from where it stopped
+        model_cfg, train_cfg = ckpt["model_config"], TrainConfig.from_dict(ckpt["train_config"])
+    start_iter = int(ckpt["iteration"]) if ckpt is not None else 0
 
-    start_iter = 0
-    ckpt = None
-    last = out / "last.pt"
-    if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint '{last}' to resume from")
-        ckpt = load_checkpoint(last)
-        model_cfg = ckpt["model_config"]
-        train_cfg = TrainConfig.from_dict(ckpt["train_config"])
-        start_iter = int(ckpt["iteration"])
-
-    model = build_model(model_cfg)
-    if pretrained_backbone and ckpt is None:
-        state = torch.load(pretrained_backbone, map_location="cpu", weights_only=True)
-        missing = model.backbone.load_backbone_weights(state)
-        log.info("loaded backbone weights from %s (%d missing keys)", pretrained_backbone, len(missing))
-    if init_checkpoint and ckpt is None:
-        _init_from(model, model_cfg, init_checkpoint, reset_classes)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    model.to(dev).train()
+    model = _build_model(model_cfg, dev, ckpt, pretrained_backbone, init_checkpoint, reset_classes)
     optimizer = build_optimizer(model, train_cfg)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-    ddp_model = model
-    if info.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-
-    if train_cfg.batch_size % info.world_size:
-        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} processes")
-    sampler = IterationBatchSampler(len(dataset), train_cfg.batch_size // info.world_size, train_cfg.iters,
-                                    start_iter, train_cfg.seed, info.rank, info.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=train_cfg.num_workers, persistent_workers=False,
-                        collate_fn=functools.partial(collate, size_divisibility=model_cfg.size_divisibility,
-                                                     pad=pad_value(model_cfg)))
+    ddp_model = _data_parallel(model, dev, info)
+    loader = _build_loader(dataset, model_cfg, train_cfg, info, start_iter)
     memory_gb, memory_line = _check_memory(model, model_cfg, train_cfg, dataset, info, dev, max_memory_gb)
     use_amp = train_cfg.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    run = _TrainingRun(model, ddp_model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
+                       _collapse_monitor(train_cfg, ckpt), model_cfg, train_cfg, info, dev, out)
 
-    def checkpoint(iteration: int, path: Path, with_optimizer: bool = True) -> None:
-        """`last.pt` carries the optimizer state (what --resume needs); `final.pt` only the weights
-        and configs (what eval, export and --init read), half the bytes of a resumable one."""
-        if info.is_main:
-            state = {"model": model.state_dict(), "model_config": model_cfg.to_dict(),
-                     "train_config": train_cfg.to_dict(), "iteration": iteration}
-            if with_optimizer:
-                state["optimizer"] = optimizer.state_dict()
-                state["collapse_monitor"] = monitor.state_dict()
-            save_atomic(state, path)
-
-    metrics_path = out / "metrics.jsonl"
     if info.is_main:
-        write_json_atomic(out / "config.json", {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
-                                                "device": str(dev), "processes": info.world_size,
-                                                "estimated_peak_memory_gb": round(memory_gb, 3)}, indent=2)
-        log.info("training %s on %d images (%s), iterations %d..%d, on %s: batch %d (%d per process x %d), "
-                 "short side %s, long side <= %d, %d data worker(s) per process; test size %d/%d; %s",
-                 model_cfg.name, len(dataset), data_json, start_iter, train_cfg.iters, dev, train_cfg.batch_size,
-                 train_cfg.batch_size // info.world_size, info.world_size,
-                 "/".join(map(str, train_cfg.min_sizes)), train_cfg.max_size, train_cfg.num_workers,
-                 model_cfg.min_size_test, model_cfg.max_size_test, train_cfg.describe_lr())
-        log.info("%s", memory_line)
+        _announce(run, dataset, data_json, start_iter, memory_gb, memory_line)
     bar = tqdm(total=train_cfg.iters, initial=start_iter, disable=not (progress and info.is_main),
                desc="train", dynamic_ncols=True)
-    monitor = CollapseMonitor(train_cfg.iters)
-    if ckpt is not None and "collapse_monitor" in ckpt:
-        monitor.load_state_dict(ckpt["collapse_monitor"])
-    collapsed: dict[str, str] = {}  # the collapse reasons of the last window, {} when it looked well
-    nonfinite = 0
-    t_last = time.perf_counter()
-    iteration = start_iter
-    stop = _GracefulStop()
-    restore_signals = stop.install()
-    try:
-        for batch in loader:
-            for g in optimizer.param_groups:
-                g["lr"] = train_cfg.lr * train_cfg.lr_factor(iteration)
-            images = batch["images"].to(dev, non_blocking=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-                outputs = ddp_model(images)
-            batch["images"] = images
-            stats: dict = {}
-            losses = compute_losses(outputs, batch, model_cfg, train_cfg.loss, iteration, stats=stats)
-            loss = sum(losses.values())
-
-            finite = torch.tensor([float(torch.isfinite(loss))], device=dev)
-            if info.world_size > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                nonfinite += 1
-                log.warning("iteration %d: non-finite loss (%s), step skipped (%d in a row)", iteration,
-                            {k: float(v.detach()) for k, v in losses.items()}, nonfinite)
-                optimizer.zero_grad(set_to_none=True)
-                if nonfinite >= train_cfg.max_nonfinite:
-                    raise RuntimeError(f"{nonfinite} non-finite losses in a row at iteration {iteration}: "
-                                       "training diverged (lower --lr, or check the data)")
-            else:
-                nonfinite = 0
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if train_cfg.clip_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                monitor.update(losses["loss_prj"].detach() if "loss_prj" in losses else 0.0, stats)
-            iteration += 1
-            bar.update(1)
-            if iteration % train_cfg.log_period == 0 or iteration == train_cfg.iters:
-                now = time.perf_counter()
-                record = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
-                          "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                          "s_per_iter": (now - t_last) / train_cfg.log_period,
-                          "peak_rss_gb": round(peak_resident_bytes() / 1e9, 3), **monitor.window(iteration)}
-                t_last = now
-                reasons = record.get("collapse", {})
-                if reasons and info.is_main and reasons.keys() != collapsed.keys():
-                    log.warning("%s", collapse_summary(reasons, iteration))
-                collapsed = reasons
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                if info.is_main:
-                    _append_jsonl(metrics_path, record)
-            if iteration % train_cfg.checkpoint_period == 0 and iteration < train_cfg.iters:
-                checkpoint(iteration, last)
-            if stop.requested and iteration < train_cfg.iters:
-                # Between iterations the state is consistent: save it, then stop.
-                checkpoint(iteration, last)
-                log.warning("stopped at iteration %d; saved %s (continue with --resume)", iteration, last)
-                raise KeyboardInterrupt
-    finally:
-        restore_signals()
+    state = _train_loop(run, loader, start_iter, bar)
     bar.close()
-    if info.is_main and collapsed:
-        log.warning("training ended with a mask head that does not look like it learned: %s", "; ".join(collapsed.values()))
     if info.is_main:
-        log.info("peak resident memory of the training process: %.2f GB", peak_resident_bytes() / 1e9)
+        _log_end(state.collapsed)
 
-    final = out / "final.pt"
-    checkpoint(iteration, last)
-    checkpoint(iteration, final, with_optimizer=False)
+    run.save(state.iteration, LAST)
+    run.save(state.iteration, FINAL, with_optimizer=False)
     if info.world_size > 1:
-        sums = [None] * info.world_size
-        dist.all_gather_object(sums, parameter_checksum(model))
-        identical = all(s == sums[0] for s in sums)
-        if info.is_main:
-            _append_jsonl(metrics_path, {"iteration": iteration, "replica_checksums": sums,
-                                         "replicas_identical": identical})
-        dist.barrier()
-        dist.destroy_process_group()
-        if not identical:
-            raise RuntimeError(f"data-parallel replicas diverged: checksums {sums}")
-    return final
+        _check_replicas(run, state.iteration)
+    return out / FINAL

@@ -463,6 +463,116 @@ def _open(source: str | int, label: str):
     return cap, first
 
 
+def _kept_frames(out: Path, camera: bool, label: str, report: VideoReport) -> list[int]:
+    """The frame indices of the complete lines an earlier run left in `out/instances.jsonl` (cut
+    after the last one, see `recover_jsonl`); [] for a camera or a first run. Notes the resume
+    point in `report`."""
+    done_frames = [] if camera else recover_jsonl(out / JSONL)
+    if done_frames:
+        report.resumed_after_frame = done_frames[-1]
+        log.info("%s: resuming after frame %d (%d line(s) kept)", label, done_frames[-1], len(done_frames))
+    return done_frames
+
+
+class _Pipeline:
+    """One video's threads and bounded queues: decoder -> frames_q -> (inference, in the calling
+    thread) -> write_q -> writer. With `overlay`, the frames already in instances.jsonl
+    (`done_frames`) are decoded again and drawn from their stored lines (`records`); the writer
+    appends to instances.jsonl when there are such lines, else starts it afresh."""
+
+    def __init__(self, cap, first: np.ndarray, out: Path, camera: bool, done_frames: list[int], batch_size: int,
+                 every: int, overlay: bool, score_thresh: float, stop: threading.Event):
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.frame_count = -1 if camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
+        self.start_frame, self.every = (done_frames[-1] + 1 if done_frames else 0), every
+        self.abort = threading.Event()  # set on the way out, or by the writer when it fails
+        replay = set(done_frames) if overlay else set()
+        self.records = _Records(out / JSONL if replay else None)
+        self.frames_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size)
+        self.write_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size + 2)
+        self.decoder = _Decoder(cap, first, self.fps, self.frame_count, self.start_frame, every, replay,
+                                self.frames_q, stop, self.abort, camera, out.name)
+        self.writer = _Writer(out, self.write_q, self.abort, overlay, self.fps, score_thresh,
+                              append=bool(done_frames))
+
+    def frames_to_do(self) -> int | None:
+        """The frames this run is to process (the progress bar's total); None without a frame count."""
+        if self.frame_count <= 0:
+            return None
+        return max(0, math.ceil(self.frame_count / self.every) - math.ceil(self.start_frame / self.every))
+
+    def start(self) -> None:
+        self.decoder.start()
+        self.writer.start()
+
+    def next_batch(self, batch_size: int) -> tuple[list[tuple], bool]:
+        """Up to `batch_size` decoded ("frame", i, t, rgb [H, W, 3] uint8) items, passing replayed
+        frames on to the writer with their stored lines; returns (batch, whether decoding ended)."""
+        batch: list[tuple] = []
+        while len(batch) < batch_size:
+            item = _get(self.frames_q, self.abort)
+            if item is _END:
+                return batch, True
+            if item[0] == "replay":
+                _put(self.write_q, ("replay", item[2], self.records.take(item[1])), self.abort)
+                continue
+            batch.append(item)
+        return batch, False
+
+    def close(self) -> None:
+        """Stop the decoder (abort releases it if it waits on a full queue); the writer finishes what
+        it was given, then closes its files (instances.jsonl fsync'ed, overlay renamed into place)."""
+        self.abort.set()
+        while self.writer.is_alive():
+            try:
+                self.write_q.put(_END, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self.writer.join()
+        self.decoder.join(timeout=10)
+        self.records.close()
+
+
+def _segment_frames(pipe: _Pipeline, predict: BatchPredictor, batch_size: int, score_thresh: float,
+                    stop: threading.Event, report: VideoReport, bar: tqdm, last_frame: int | None) -> int | None:
+    """The calling thread's part: batches of decoded frames through `predict`, each result to the
+    writer and an fsync ("sync") after every batch, until decoding ends or `stop` or the pipeline's
+    abort is set. Counts frames and instances (score >= score_thresh) in `report`; returns the last
+    frame index with a line (`last_frame` when this run processed none). Raises what `predict`
+    raises, and RuntimeError when it returns another number of results than frames."""
+    finished = False
+    while not finished and not pipe.abort.is_set() and not stop.is_set():
+        batch, finished = pipe.next_batch(batch_size)
+        if not batch:
+            continue
+        results = predict([rgb for _, _, _, rgb in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"the predictor returned {len(results)} results for {len(batch)} frames")
+        for (_, i, t, rgb), inst in zip(batch, results):
+            _put(pipe.write_q, ("frame", i, t, rgb, inst), pipe.abort)
+            last_frame = i
+            report.instances += int((inst.scores >= score_thresh).sum())
+        _put(pipe.write_q, ("sync",), pipe.abort)
+        report.frames_processed += len(batch)
+        bar.update(len(batch))
+    return last_frame
+
+
+def _conclude(report: VideoReport, pipe: _Pipeline, camera: bool, label: str, stop: threading.Event) -> None:
+    """After the threads ended: the decode failures, the first error (inference, then writer, then
+    decoder; a camera that stops delivering frames only warns) and whether the run was stopped."""
+    report.frames_failed = pipe.decoder.failed
+    if report.error is None and pipe.writer.error:
+        report.error = f"{label}: {pipe.writer.error}"
+    if report.error is None and pipe.decoder.error:
+        if camera:
+            log.warning("%s: %s", label, pipe.decoder.error)
+        else:
+            report.error = f"{label}: {pipe.decoder.error}"
+    report.interrupted = stop.is_set()
+
+
 def process_video(source: str | os.PathLike | int, out_dir: str | os.PathLike, predict: BatchPredictor,
                   batch_size: int = 8, every: int = 1, overlay: bool = False, score_thresh: float = 0.3,
                   progress: bool = True, stop: threading.Event | None = None) -> VideoReport:
@@ -485,87 +595,30 @@ def process_video(source: str | os.PathLike | int, out_dir: str | os.PathLike, p
         log.error("%s", e)
         return report
     stop = stop or threading.Event()
-    abort = threading.Event()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        frame_count = -1 if camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
-        done_frames = [] if camera else recover_jsonl(out / JSONL)
-        start = done_frames[-1] + 1 if done_frames else 0
-        if done_frames:
-            report.resumed_after_frame = done_frames[-1]
-            log.info("%s: resuming after frame %d (%d line(s) kept)", label, done_frames[-1], len(done_frames))
-        last_frame = done_frames[-1] if done_frames else None
-        kept = len(done_frames)
-        replay = set(done_frames) if overlay else set()
-        records = _Records(out / JSONL if replay else None)
-        frames_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size)
-        write_q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size + 2)
-        decoder = _Decoder(cap, first, fps, frame_count, start, every, replay, frames_q, stop, abort, camera,
-                           out.name)
-        writer = _Writer(out, write_q, abort, overlay, fps, score_thresh, append=bool(done_frames))
-        total = None
-        if frame_count > 0:
-            total = max(0, math.ceil(frame_count / every) - math.ceil(start / every))
-        bar = tqdm(total=total, desc=out.name, unit="frame", disable=not progress)
-        decoder.start()
-        writer.start()
+        done_frames = _kept_frames(out, camera, label, report)
+        pipe = _Pipeline(cap, first, out, camera, done_frames, batch_size, every, overlay, score_thresh, stop)
+        bar = tqdm(total=pipe.frames_to_do(), desc=out.name, unit="frame", disable=not progress)
+        pipe.start()
         t0 = time.perf_counter()
+        last_frame = done_frames[-1] if done_frames else None
         try:
-            finished = False
-            while not finished and not abort.is_set() and not stop.is_set():
-                batch: list[tuple] = []
-                while len(batch) < batch_size:
-                    item = _get(frames_q, abort)
-                    if item is _END:
-                        finished = True
-                        break
-                    if item[0] == "replay":
-                        _put(write_q, ("replay", item[2], records.take(item[1])), abort)
-                        continue
-                    batch.append(item)
-                if not batch:
-                    continue
-                results = predict([rgb for _, _, _, rgb in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"the predictor returned {len(results)} results for {len(batch)} frames")
-                for (_, i, t, rgb), inst in zip(batch, results):
-                    _put(write_q, ("frame", i, t, rgb, inst), abort)
-                    last_frame = i
-                    report.instances += int((inst.scores >= score_thresh).sum())
-                _put(write_q, ("sync",), abort)
-                report.frames_processed += len(batch)
-                bar.update(len(batch))
+            last_frame = _segment_frames(pipe, predict, batch_size, score_thresh, stop, report, bar, last_frame)
         except Exception as e:  # noqa: BLE001 - inference failed: reported, the other videos go on
             report.error = f"{label}: {type(e).__name__}: {e}"
             log.error("%s", report.error)
         finally:
-            abort.set()  # releases the decoder if it waits on a full queue
-            while writer.is_alive():  # the writer finishes what it was given, then closes its files
-                try:
-                    write_q.put(_END, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            writer.join()
-            decoder.join(timeout=10)
-            records.close()
+            pipe.close()
             report.seconds = time.perf_counter() - t0
             bar.close()
-        report.frames_failed = decoder.failed
-        if report.error is None and writer.error:
-            report.error = f"{label}: {writer.error}"
-        if report.error is None and decoder.error:
-            if camera:
-                log.warning("%s: %s", label, decoder.error)
-            else:
-                report.error = f"{label}: {decoder.error}"
-        report.interrupted = stop.is_set()
+        _conclude(report, pipe, camera, label, stop)
         if report.error:
             log.error("%s", report.error)
         elif not report.interrupted and not camera:
             report.done = True
-            write_json_atomic(out / DONE, output_facts(label, every, kept + report.frames_processed, last_frame))
+            write_json_atomic(out / DONE, output_facts(label, every, len(done_frames) + report.frames_processed,
+                                                       last_frame))
         return report
     finally:
         cap.release()

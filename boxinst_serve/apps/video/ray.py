@@ -42,7 +42,7 @@ import sys
 import time
 from contextlib import contextmanager
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -275,6 +275,68 @@ def run_videos_on_ray(sources: str | os.PathLike | Sequence[str | os.PathLike], 
     return summary
 
 
+@dataclass
+class _Schedule:
+    """Who runs what during one run (the driver's state; workers are indices into `_Run.actors`).
+    A worker that cannot be restarted is retired: it simply never becomes idle again."""
+
+    queue: deque[VideoTask]  # videos no worker has started
+    idle: set[int]  # workers waiting for a video
+    pinned: dict[int, VideoTask] = field(default_factory=dict)  # a video to redo on the worker that was running it
+    attempts: dict[str, int] = field(default_factory=dict)  # video -> deaths of its worker while on it
+    inflight: dict[Any, tuple[int, VideoTask]] = field(default_factory=dict)  # process() ref -> (worker, video)
+    probing: dict[Any, int] = field(default_factory=dict)  # info() ref of a dead worker's restart -> worker
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.pinned or self.inflight or self.probing)
+
+    def unfinished(self) -> list[VideoTask]:
+        """The videos started but not reported, waiting to be redone, then not started, in that order."""
+        return [t for _, t in self.inflight.values()] + list(self.pinned.values()) + list(self.queue)
+
+
+class _FrameProgress:
+    """The frames bar: while the driver waits on the workers it asks the counter actor for the
+    frames inferred so far, at most every 0.5 s and one request at a time (only with `enabled`)."""
+
+    def __init__(self, counter: Any, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.counter, self.enabled = counter, enabled
+        self.bar = tqdm(total=total, desc="frames", unit="frame", disable=not enabled, position=1)
+        self.ref, self.polled = None, 0.0
+
+    def request(self) -> list[Any]:
+        """The counter request to wait on along with the workers' ([] or [ref]); sent when due."""
+        if self.enabled and self.ref is None and time.perf_counter() - self.polled > 0.5:
+            self.ref, self.polled = self.counter.snapshot.remote(), time.perf_counter()
+        return [self.ref] if self.ref else []
+
+    def is_answer(self, ref: Any) -> bool:
+        return ref == self.ref
+
+    def show(self) -> None:
+        """The answer has come: show it."""
+        import ray
+
+        self.bar.n = sum(ray.get(self.ref).values())
+        self.bar.refresh()
+        self.ref = None
+
+    def soon(self) -> None:
+        """Ask at the next wait (a video just finished: show its last frames now)."""
+        self.polled = 0.0
+
+    def close(self) -> None:
+        """Show the final count, then close the bar."""
+        import ray
+
+        if self.enabled:
+            self.bar.n = sum(ray.get(self.counter.snapshot.remote()).values())
+            self.bar.refresh()
+        self.bar.close()
+
+
 class _Run:
     """One run's driver loop: start the workers, hand out videos, collect reports, retry on deaths."""
 
@@ -353,94 +415,116 @@ class _Run:
                       f"({report.frames_per_s:.1f} frames/s{resumed}; worker {worker})")
 
     def _loop(self) -> None:
-        import ray
+        """Hand the videos out to the idle workers and collect what comes back (reports, restarted
+        workers, frame counts) until every video has a report. Ctrl-C marks the unfinished ones
+        interrupted; the summary's processing time and per-worker figures are set in any case."""
         from tqdm import tqdm
 
-        cfg = self.cfg
         total_frames = sum(_frames_to_do(t, self.options["every"]) or 0 for t in self.tasks)
         self.video_bar = tqdm(total=len(self.tasks) + self.skipped, initial=self.skipped, desc="videos",
                               unit="video", disable=not self.progress, position=0)
-        frame_bar = tqdm(total=total_frames, desc="frames", unit="frame", disable=not self.progress, position=1)
-        queue: deque[VideoTask] = deque(self.tasks)
-        pinned: dict[int, VideoTask] = {}  # a video to redo on the worker that was running it
-        attempts: dict[str, int] = {}
-        idle = set(range(cfg.workers))
-        retired: set[int] = set()
-        inflight: dict[Any, tuple[int, VideoTask]] = {}
-        probing: dict[Any, int] = {}
-        counter_ref, polled = None, 0.0
+        self.frames = _FrameProgress(self.counter, total_frames, self.progress)
+        s = _Schedule(deque(self.tasks), idle=set(range(self.cfg.workers)))
         t0 = time.perf_counter()
         try:
-            while queue or pinned or inflight or probing:
-                for w in sorted(idle):
-                    task = pinned.pop(w, None) or (queue.popleft() if queue else None)
-                    if task is None:
-                        break
-                    idle.discard(w)
-                    inflight[self.actors[w].process.remote(task, self.options, self.counter)] = (w, task)
-                if not inflight and not probing:  # every worker retired: nothing can run the rest
-                    for task in list(queue) + list(pinned.values()):
-                        self._finish(task, VideoReport(video=task.video, out_dir=task.out_dir,
-                                                       error=f"{task.video}: no worker left to process it"), "-")
+            while s.busy():
+                self._hand_out(s)
+                if not s.inflight and not s.probing:  # every worker retired: nothing can run the rest
+                    self._fail_unrunnable(s)
                     break
-                if self.progress and counter_ref is None and time.perf_counter() - polled > 0.5:
-                    counter_ref, polled = self.counter.snapshot.remote(), time.perf_counter()
-                ready, _ = ray.wait(list(inflight) + list(probing) + ([counter_ref] if counter_ref else []),
-                                    num_returns=1, timeout=0.5)
-                for ref in ready:
-                    if ref == counter_ref:
-                        frame_bar.n = sum(ray.get(counter_ref).values())
-                        frame_bar.refresh()
-                        counter_ref = None
-                    elif ref in probing:
-                        w = probing.pop(ref)
-                        try:
-                            info = ray.get(ref)
-                            self.stats[w].update(node=info["node"], pid=info["pid"], gpu_ids=info["gpu_ids"])
-                            idle.add(w)
-                        except ray.exceptions.RayActorError as e:
-                            retired.add(w)
-                            self.line(f"worker {w} retired: it could not be restarted ({_short(e)})")
-                            if w in pinned:
-                                queue.appendleft(pinned.pop(w))
+                for ref in self._wait(s):
+                    if self.frames.is_answer(ref):
+                        self.frames.show()
+                    elif ref in s.probing:
+                        self._on_restarted(ref, s)
                     else:
-                        w, task = inflight.pop(ref)
-                        try:
-                            report = _report(ray.get(ref))
-                        except ray.exceptions.RayActorError as e:
-                            n = attempts[task.video] = attempts.get(task.video, 0) + 1
-                            self.stats[w]["restarts"] += 1
-                            if n >= cfg.max_attempts:
-                                self._finish(task, VideoReport(
-                                    video=task.video, out_dir=task.out_dir,
-                                    error=f"{task.video}: its worker died {n} time(s) while processing it "
-                                          f"({_short(e)})"), w)
-                            else:
-                                pinned[w] = task
-                                self.line(f"retry    {Path(task.video).name}: worker {w} died ({_short(e)}); "
-                                          f"attempt {n + 1} of {cfg.max_attempts} resumes after its last line")
-                            probing[self.actors[w].info.remote()] = w
-                            continue
-                        except ray.exceptions.RayTaskError as e:  # process_video reports video errors itself
-                            report = VideoReport(video=task.video, out_dir=task.out_dir,
-                                                 error=f"{task.video}: {_short(e)}")
-                        self.stats[w]["videos"] += 1
-                        self.stats[w]["frames"] += report.frames_processed
-                        self.stats[w]["busy_s"] += report.seconds
-                        self._finish(task, report, w)
-                        idle.add(w)
-                        polled = 0.0  # show its last frames now
+                        self._on_report(ref, s)
         except KeyboardInterrupt:
-            for task in [t for _, t in inflight.values()] + list(pinned.values()) + list(queue):
+            for task in s.unfinished():
                 self.reports[task.video] = VideoReport(video=task.video, out_dir=task.out_dir, interrupted=True)
             self.line("interrupted: the videos in progress keep their complete lines; run the same command again")
         finally:
-            self.summary.processing_s = time.perf_counter() - t0
-            if self.progress:
-                frame_bar.n = sum(ray.get(self.counter.snapshot.remote()).values())
-                frame_bar.refresh()
-            frame_bar.close()
-            self.video_bar.close()
-            for s in self.stats:
-                s["frames_per_s"] = s["frames"] / s["busy_s"] if s["busy_s"] else 0.0
-            self.summary.workers = self.stats
+            self._close_progress(t0)
+
+    def _hand_out(self, s: _Schedule) -> None:
+        """Each idle worker (lowest index first) gets its pinned video (a retry), else the next one
+        in the queue, until there is none."""
+        for w in sorted(s.idle):
+            task = s.pinned.pop(w, None) or (s.queue.popleft() if s.queue else None)
+            if task is None:
+                break
+            s.idle.discard(w)
+            s.inflight[self.actors[w].process.remote(task, self.options, self.counter)] = (w, task)
+
+    def _fail_unrunnable(self, s: _Schedule) -> None:
+        """Every worker retired: the videos left are failed reports."""
+        for task in list(s.queue) + list(s.pinned.values()):
+            self._finish(task, VideoReport(video=task.video, out_dir=task.out_dir,
+                                           error=f"{task.video}: no worker left to process it"), "-")
+
+    def _wait(self, s: _Schedule) -> list[Any]:
+        """The refs ready within 0.5 s (at most one): a report, a restarted worker, or frame counts."""
+        import ray
+
+        ready, _ = ray.wait(list(s.inflight) + list(s.probing) + self.frames.request(), num_returns=1, timeout=0.5)
+        return ready
+
+    def _on_restarted(self, ref: Any, s: _Schedule) -> None:
+        """A dead worker's info() answered: it is back (idle again, its pinned video first), or it
+        could not be restarted (retired; its pinned video goes back to the front of the queue)."""
+        import ray
+
+        w = s.probing.pop(ref)
+        try:
+            info = ray.get(ref)
+            self.stats[w].update(node=info["node"], pid=info["pid"], gpu_ids=info["gpu_ids"])
+            s.idle.add(w)
+        except ray.exceptions.RayActorError as e:
+            self.line(f"worker {w} retired: it could not be restarted ({_short(e)})")
+            if w in s.pinned:
+                s.queue.appendleft(s.pinned.pop(w))
+
+    def _on_report(self, ref: Any, s: _Schedule) -> None:
+        """A process() call returned: the video's report (an exception in the call is a failed
+        report), counted in the worker's figures; or its worker died (`_on_worker_death`)."""
+        import ray
+
+        w, task = s.inflight.pop(ref)
+        try:
+            report = _report(ray.get(ref))
+        except ray.exceptions.RayActorError as e:
+            self._on_worker_death(w, task, e, s)
+            return
+        except ray.exceptions.RayTaskError as e:  # process_video reports video errors itself
+            report = VideoReport(video=task.video, out_dir=task.out_dir, error=f"{task.video}: {_short(e)}")
+        self.stats[w]["videos"] += 1
+        self.stats[w]["frames"] += report.frames_processed
+        self.stats[w]["busy_s"] += report.seconds
+        self._finish(task, report, w)
+        s.idle.add(w)
+        self.frames.soon()
+
+    def _on_worker_death(self, w: int, task: VideoTask, e: BaseException, s: _Schedule) -> None:
+        """Worker `w` died on `task`: the video is pinned to it for another attempt (resuming after
+        its last line) or, after `max_attempts` deaths, reported failed; either way the driver asks
+        the restarted actor for its info (`probing`)."""
+        n = s.attempts[task.video] = s.attempts.get(task.video, 0) + 1
+        self.stats[w]["restarts"] += 1
+        if n >= self.cfg.max_attempts:
+            self._finish(task, VideoReport(
+                video=task.video, out_dir=task.out_dir,
+                error=f"{task.video}: its worker died {n} time(s) while processing it ({_short(e)})"), w)
+        else:
+            s.pinned[w] = task
+            self.line(f"retry    {Path(task.video).name}: worker {w} died ({_short(e)}); "
+                      f"attempt {n + 1} of {self.cfg.max_attempts} resumes after its last line")
+        s.probing[self.actors[w].info.remote()] = w
+
+    def _close_progress(self, t0: float) -> None:
+        """The summary's processing time and per-worker figures (frames/s), and the bars closed."""
+        self.summary.processing_s = time.perf_counter() - t0
+        self.frames.close()
+        self.video_bar.close()
+        for s in self.stats:
+            s["frames_per_s"] = s["frames"] / s["busy_s"] if s["busy_s"] else 0.0
+        self.summary.workers = self.stats
