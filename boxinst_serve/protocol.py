@@ -29,6 +29,13 @@ OPTIONAL_MODELS = (PREPROCESS_RAW_MODEL, RAW_MODEL, FUSED_RAW_MODEL)
 
 OUTPUTS = ("num_instances", "boxes", "scores", "classes", "masks_rle", "image_size")  # what a request returns
 MASK_FORMATS = ("rle", "bitmap")
+# The API key of a server started with one (boxinst_serve.serving.security): an HTTP request
+# carries it in API_KEY_HEADER; over gRPC Triton 2.51 expects the header with its
+# "triton-grpc-protocol-" prefix (measured: it answers "expecting header
+# 'triton-grpc-protocol-boxinst-api-key'"). Clients take it from API_KEY_ENV when given none.
+API_KEY_HEADER = "boxinst-api-key"
+GRPC_API_KEY_HEADER = f"triton-grpc-protocol-{API_KEY_HEADER}"
+API_KEY_ENV = "BOXINST_API_KEY"
 
 
 def check_frame(frame: Any, max_pixels: int | None = None, source: str = "image") -> np.ndarray:

@@ -37,7 +37,7 @@ def repository(trained_lite, tmp_path_factory) -> Path:
 
 
 def _load(url: str, data: bytes, stop: threading.Event, log: list, lock: threading.Lock) -> None:
-    with BoxInstClient(url, timeout_s=30) as client:
+    with BoxInstClient(url, timeout_s=30, retry_s=0) as client:  # no retries: the outage itself is measured
         while not stop.is_set():
             t0 = time.monotonic()
             try:
@@ -97,6 +97,7 @@ def test_a_step_killed_under_load_comes_back_with_honest_health(repository):
         before = [e for t0, _, e in log if t0 < killed - 1.0]
         assert before and not any(before), "requests failed before the kill"
         failures = [(t0, t1, e) for t0, t1, e in log if e]
+        assert failures, "no request failed: the kill did not hit the served path"
         assert all(t0 >= killed - 1.0 for t0, _, _ in failures), failures[:3]
         last_failure = max((t1 for _, t1, _ in failures), default=killed)
         recovered_s = last_failure - killed
@@ -124,18 +125,66 @@ def test_a_dead_tritonserver_is_restarted_on_the_same_ports(repository):
     server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server.start(240)
     supervisor = Supervisor(server, SupervisorSettings(probe_s=0)).start()
+    frame = np.full((64, 80, 3), 114, np.uint8)
+    # Made before the restart: its shared-memory registrations and its choice of raw model die with the server.
+    client = BoxInstClient(server.grpc_url, timeout_s=30, shared_memory=True)
     try:
+        client.segment(frame)
+        regions = _regions_of(server)
         os.killpg(server.process.pid, signal.SIGKILL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(k == "recovered" for _, k, _ in supervisor.events):
             time.sleep(0.2)
         assert [k for _, k, _ in supervisor.events][-2:] == ["restart", "recovered"], supervisor.events
-        with BoxInstClient(server.grpc_url, timeout_s=30) as client:
-            assert client.is_ready()
-            client.segment(np.full((64, 64, 3), 114, np.uint8))
+        assert not [r for r in regions if (SHM / r).exists()], "the killed server's step regions were left"
+        assert client.is_ready()
+        client.segment(frame)  # registers its regions again
+        assert client.retried >= 1
     finally:
+        client.close()
         supervisor.stop()
         server.stop()
+    assert not [p.name for p in SHM.glob(f"boxinst_{os.getpid()}_*")], "a client left shared-memory regions"
+
+
+def test_video_over_the_server_loses_no_frame_when_a_step_is_killed(repository, tmp_path):
+    import cv2
+
+    from boxinst_serve.apps.video.pipeline import JSONL, client_batch_predictor, process_videos
+
+    clip, n = tmp_path / "clip.mp4", 60
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 128))
+    for i in range(n):
+        frame = np.full((128, 160, 3), 30, np.uint8)
+        cv2.rectangle(frame, (10 + i, 20), (70 + i, 90), (60, 200, 60), -1)
+        writer.write(frame)
+    writer.release()
+    server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server.start(240)
+    supervisor = Supervisor(server, SupervisorSettings(probe_s=0)).start()
+    client = BoxInstClient(server.grpc_url, timeout_s=30, max_workers=4)
+    done = threading.Event()
+    try:
+        model = client.raw_model  # the step raw frames go to: the one to kill
+        runner = threading.Thread(target=lambda: (process_videos(str(clip), tmp_path / "out",
+                                                                 client_batch_predictor(client), batch_size=4,
+                                                                 progress=False), done.set()))
+        runner.start()
+        time.sleep(1.0)
+        stub = next(s for s in server_stubs(server.process.pid).values() if s.model == model)
+        os.kill(stub.pid, signal.SIGKILL)
+        runner.join(timeout=180)
+        assert done.is_set(), "the video run did not finish"
+    finally:
+        client.close()
+        supervisor.stop()
+        server.stop()
+    lines = (tmp_path / "out" / "clip" / JSONL).read_text().splitlines()
+    import json
+
+    frames = [json.loads(line)["frame"] for line in lines]
+    assert frames == list(range(n)), "a frame was lost or written twice"
+    assert client.retried >= 1, "the kill did not hit a request: the test proved nothing"
 
 
 class _Server:

@@ -34,3 +34,22 @@ def parse_frame_sizes(text: str) -> tuple[tuple[int, int], ...]:
         w, h = parse_size(item)
         sizes.append((h, w))
     return tuple(sizes)
+
+
+def add_client_security(s: argparse.ArgumentParser) -> None:
+    """--url: how to reach a secured server (docs/deployment.md, "Securing a server")."""
+    g = s.add_argument_group("--url: a secured server")
+    g.add_argument("--api-key", default=None,
+                   help="the server's key (default: $BOXINST_API_KEY); sent as a header on every call")
+    g.add_argument("--ssl", action="store_true", help="TLS, trusting the system's certificate authorities")
+    g.add_argument("--tls-ca", default=None, help="TLS, trusting this CA certificate (PEM) for the server's")
+    g.add_argument("--tls-client-cert", default=None, help="mutual TLS: this client's certificate (PEM)")
+    g.add_argument("--tls-client-key", default=None, help="mutual TLS: this client's private key (PEM)")
+
+
+def client_security(args: argparse.Namespace) -> dict:
+    """BoxInstClient keyword arguments from add_client_security's flags (only those given)."""
+    kwargs = {"ssl": bool(args.ssl or args.tls_ca or args.tls_client_cert), "root_certificates": args.tls_ca,
+              "certificate_chain": args.tls_client_cert, "private_key": args.tls_client_key,
+              "api_key": args.api_key}
+    return {k: v for k, v in kwargs.items() if v}

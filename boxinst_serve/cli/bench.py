@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from boxinst_serve.cli.args import parse_frame_sizes, parse_ints, parse_size
+from boxinst_serve.cli.args import add_client_security, client_security, parse_frame_sizes, parse_ints, parse_size
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -17,10 +17,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.url and args.input:
         out = run.bench_frames(args.url, args.repository, args.input, args.frames, image=args.image,
                                iters=args.iters, warmup=args.warmup, threads=args.threads, raw_model=args.raw_model)
+    elif args.url and args.soak:
+        out = run.bench_soak(args.url, args.soak, concurrency=max(args.concurrency), image=args.image,
+                             size=args.size, client_kwargs=client_security(args))
     elif args.url:
         out = run.bench_server(args.url, args.repository, image=args.image, size=args.size,
                                concurrency=args.concurrency, duration_s=args.duration, iters=args.iters,
-                               threads=args.threads)
+                               threads=args.threads, client_kwargs=client_security(args))
     elif args.video:
         if not args.checkpoint:
             raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
@@ -71,6 +74,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     _add_bench_server(s)
+    add_client_security(s)
     _add_bench_video(s)
     s.set_defaults(func=cmd_bench)
 
@@ -83,6 +87,9 @@ def _add_bench_server(s: argparse.ArgumentParser) -> None:
     s.add_argument("--input", default=None,
                    help="--url: camera frames by input path instead of load: png, raw, shm or several "
                         "(comma-separated); latency split into encode, transfer, queue, server compute, decode")
+    s.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                   help="--url: soak test instead: clients (the largest --concurrency) for SECONDS on mixed valid "
+                        "and invalid inputs; failures, p50/p99 and the server's memory over time")
     s.add_argument("--raw-model", default=None,
                    help="--input raw,shm: the served model raw frames go to (default: the client's choice, "
                         "boxinst_raw_fused where the server has it, else the boxinst_raw ensemble)")

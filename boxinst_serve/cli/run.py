@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 
+from boxinst_serve.cli.args import add_client_security, client_security
+
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -42,7 +44,7 @@ def _client_or_engine(args: argparse.Namespace, max_workers: int | None = None):
         from boxinst_serve.client import BoxInstClient
 
         kwargs = {} if max_workers is None else {"max_workers": max_workers}
-        client = BoxInstClient(args.url, timeout_s=args.timeout, **kwargs)
+        client = BoxInstClient(args.url, timeout_s=args.timeout, **kwargs, **client_security(args))
         if not client.is_ready():
             client.close()
             raise RuntimeError(f"no ready boxinst model at {args.url} (start one with `boxinst serve`)")
@@ -93,7 +95,7 @@ def _video_on_ray(args: argparse.Namespace, camera: bool):
                                             "(--device cuda to use them)", args.gpus_per_worker)
     spec = PredictorSpec(model=os.path.abspath(args.model) if args.model else None, url=args.url,
                          device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
-                         threads=max(1, int(args.cpus_per_worker)))
+                         threads=max(1, int(args.cpus_per_worker)), client_kwargs=client_security(args))
     cfg = RayConfig(address=None if args.ray == "local" else args.ray, workers=args.workers,
                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                     max_attempts=args.max_attempts, start_timeout_s=args.start_timeout)
@@ -142,6 +144,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
     s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
+    add_client_security(s)
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--coco", default=None, help="also segment the images listed in this COCO json")
     s.add_argument("--limit", type=int, default=0, help="at most this many images from --coco")
@@ -161,6 +164,7 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
     s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
+    add_client_security(s)
     s.add_argument("--batch-size", type=int, default=8, help="frames per engine call (--url: sent concurrently)")
     s.add_argument("--every", type=int, default=1, help="process frames 0, N, 2N, ...")
     s.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the masks drawn")

@@ -7,10 +7,15 @@ import argparse
 def cmd_serve(args: argparse.Namespace) -> int:
     from boxinst_serve.serving.server import TritonServer, serve_forever
 
+    from boxinst_serve.serving.security import Security, check_exposure
     from boxinst_serve.serving.supervisor import SupervisorSettings
 
+    security = Security.load(args.tls_cert, args.tls_key, args.tls_client_ca, args.api_key, args.api_key_file)
+    security = security if security.tls or security.api_key else None
+    check_exposure(args.host, security, insecure=args.insecure)
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout)
+                          metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout,
+                          security=security)
     supervise = None if args.no_supervise else SupervisorSettings(probe_s=args.probe_interval,
                                                                   max_recoveries=args.max_recoveries)
     return serve_forever(server, timeout_s=args.ready_timeout, supervise=supervise)
@@ -19,13 +24,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="serve a model repository with Triton (gRPC) until Ctrl-C")
     s.add_argument("--repository", default="model_repository")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes it to the network)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="gRPC bind address (0.0.0.0 exposes it to the network: needs --tls-cert/--tls-key and "
+                        "--api-key, or --insecure); HTTP and metrics stay on 127.0.0.1")
     s.add_argument("--grpc-port", type=int, default=8001)
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
     s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
+    g = s.add_argument_group("security (docs/deployment.md, \"Securing a server\")")
+    g.add_argument("--tls-cert", default=None, help="gRPC TLS: the server's certificate (PEM)")
+    g.add_argument("--tls-key", default=None, help="gRPC TLS: the server's private key (PEM)")
+    g.add_argument("--tls-client-ca", default=None, help="mutual TLS: clients must present a certificate of this CA")
+    g.add_argument("--api-key", default=None,
+                   help="callers must send this key (inference, shared memory, repository, configs, statistics, "
+                        "trace, logging, metadata; health stays open)")
+    g.add_argument("--api-key-file", default=None, help="the key from this file (keeps it out of shell history)")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow --host beyond loopback without TLS and a key (a trusted network only)")
     s.add_argument("--probe-interval", type=float, default=10.0,
                    help="seconds between the supervisor's tiny inferences through each ensemble (0: none; dead "
                         "step processes are still noticed within 0.5 s)")

@@ -16,7 +16,12 @@ travel through system shared memory (boxinst_serve.client.shm) instead of the gR
 Light: needs numpy and tritonclient[grpc] (pycocotools to decode masks, OpenCV only to PNG-encode
 numpy images or compute 2-D geometry); never torch. Every server-side failure raises
 `BoxInstError` with the server's message; a request that takes longer than `timeout_s` raises
-`BoxInstTimeout`."""
+`BoxInstTimeout`.
+
+A secured server (docs/deployment.md, "Securing a server"): `ssl=True` with `root_certificates`
+(the CA that signed the server's certificate; any of the three files implies TLS), plus
+`private_key` and `certificate_chain` (the client's certificate) under mutual TLS; `api_key` (else
+the BOXINST_API_KEY environment variable) goes as a header on every call the client makes."""
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +34,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, NET_MODEL, OUTPUTS, RAW_MODEL, check_frame
+from boxinst_serve.protocol import (API_KEY_ENV, ENSEMBLE_MODEL, FUSED_RAW_MODEL, GRPC_API_KEY_HEADER, NET_MODEL,
+                                    OUTPUTS, RAW_MODEL, check_frame)
 from boxinst_serve.results import Instances
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
@@ -68,13 +74,81 @@ def encode_input(image: ImageInput) -> bytes:
     raise TypeError(f"image must be a path, bytes or a numpy array, got {type(image).__name__}")
 
 
+class ApiKeyPlugin:
+    """tritonclient plugin (`client.register_plugin`): the API key header on every request of the
+    client it is registered on, whichever method makes it (infer, config, readiness, shared memory...)."""
+
+    def __init__(self, api_key: str):
+        self._api_key = api_key
+
+    def __call__(self, request) -> None:
+        request.headers = {**(request.headers or {}), GRPC_API_KEY_HEADER: self._api_key}
+
+    def __repr__(self) -> str:
+        return "ApiKeyPlugin(***)"
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key given, else $BOXINST_API_KEY (stripped), else None."""
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV, "").strip() or None
+    return api_key or None
+
+
+def _tls_options(ssl: bool, root_certificates, private_key, certificate_chain) -> dict:
+    """tritonclient's TLS keyword arguments, checked (it reads the files itself). Any file given
+    implies TLS; the client's key and certificate (mutual TLS) go together."""
+    files = {"root_certificates": root_certificates, "private_key": private_key,
+             "certificate_chain": certificate_chain}
+    for name, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{name}: '{path}' does not exist")
+    if (private_key is None) != (certificate_chain is None):
+        raise ValueError("private_key and certificate_chain (the client's key and certificate, for mutual TLS) go "
+                         "together")
+    if not (ssl or any(v is not None for v in files.values())):
+        return {}
+    return {"ssl": True, **{k: str(v) for k, v in files.items() if v is not None}}
+
+
+def _hint(text: str) -> str:
+    """What a TLS or API-key refusal means for the caller (the server's words say little)."""
+    if "protocol is restricted" in text:
+        return (" (the server requires an API key and this one is missing or wrong: api_key=..., or the "
+                f"{API_KEY_ENV} environment variable; `--api-key` on the command line)")
+    low = text.lower()
+    if any(s in low for s in ("handshake", "certificate_verify_failed", "ssl_error", "wrong version number",
+                              "hostname verification")):
+        return (" (TLS failed: give the CA that signed the server's certificate as root_certificates, connect "
+                "under a name the certificate holds, and check the server uses TLS at all)")
+    if "socket closed" in low:
+        return (" (if the server uses TLS: ssl=True with root_certificates=its CA; under mutual TLS also "
+                "private_key and certificate_chain)")
+    return ""
+
+
 def _wrap(e: Exception) -> BoxInstError:
     msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
     status = e.status() if hasattr(e, "status") and callable(e.status) else ""
     text = f"{msg}" if not status else f"{msg} ({status})"
     if "Deadline Exceeded" in text or "DEADLINE_EXCEEDED" in str(status):
         return BoxInstTimeout(f"request timed out: {text}")
-    return BoxInstError(text)
+    return BoxInstError(text + _hint(text))
+
+
+# Failures of a server that is (re)starting or healing a step: worth a bounded retry. A refused
+# input (INVALID_ARGUMENT), a timeout or any other error is never retried.
+TRANSIENT_MARKERS = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready", "not ready", "unknown model",
+                     "has no available versions", "failed to connect", "Socket closed", "Connection reset",
+                     "Unable to find shared memory region")
+
+
+def is_transient(err: BoxInstError) -> bool:
+    """Did this request fail because the server or one of its steps was down (retry), rather than
+    because of the request itself (never retry)?"""
+    text = str(err)
+    return (not isinstance(err, BoxInstTimeout) and "INVALID_ARGUMENT" not in text
+            and any(m in text for m in TRANSIENT_MARKERS))
 
 
 def _check_mask_format(mask_format: str) -> None:
@@ -175,24 +249,37 @@ class BoxInstClient:
     shared memory (the server must run on this host); regions are registered once per request
     slot and reused, and unregistered and unlinked by close() (or, if this process is killed, by
     the next client that opens shared memory). Paths and encoded bytes always go to `model` in
-    the gRPC message."""
+    the gRPC message. ssl, root_certificates, private_key, certificate_chain, api_key: a secured
+    server (module docstring). retry_s: how long a request that failed because the server or one
+    of its steps was down (restarting, a step being reloaded by `boxinst serve`'s supervisor) is
+    retried, with backoff (0: never); a bad input is never retried. After a server restart the
+    client registers its shared memory again and picks the raw-frame model again."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
                  max_workers: int = 8, raw_model: str | None = None, arrays: str = "raw",
-                 shared_memory: bool = False):
+                 shared_memory: bool = False, ssl: bool = False, root_certificates: str | os.PathLike | None = None,
+                 private_key: str | os.PathLike | None = None, certificate_chain: str | os.PathLike | None = None,
+                 api_key: str | None = None, retry_s: float = 15.0):
         import tritonclient.grpc as grpcclient
 
+        tls = _tls_options(ssl, root_certificates, private_key, certificate_chain)
         if arrays not in ARRAY_MODES:
             raise ValueError(f"arrays must be one of {ARRAY_MODES}, got {arrays!r}")
         if shared_memory and arrays != "raw":
             raise ValueError("shared_memory=True sends raw frames: use arrays='raw'")
         self._grpc = grpcclient
         self.url, self.model, self._raw_model, self.timeout_s = url, model, raw_model, timeout_s
+        self._raw_auto = raw_model is None
+        self.retry_s, self.retried = retry_s, 0
         self.arrays = arrays
         # 64 MiB messages: bitmap masks of large images do not fit gRPC's 4 MiB default.
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        self._client = grpcclient.InferenceServerClient(url, channel_args=opts)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=opts, **tls)
+        self.tls = bool(tls)
+        self._api_key = resolve_api_key(api_key)
+        if self._api_key is not None:
+            self._client.register_plugin(ApiKeyPlugin(self._api_key))  # every call, shm.py's too
         self._pool = ThreadPoolExecutor(max_workers=max_workers)
         self._class_names: list[str] | None = None
         self._net_config: dict | None = None
@@ -209,6 +296,12 @@ class BoxInstClient:
             except Exception as e:  # noqa: BLE001
                 raise _wrap(e) from e
         return self._net_config
+
+    @property
+    def net_config(self) -> dict:
+        """The served boxinst_net's model configuration as Triton's JSON ({"config": {...}}): its
+        class names and settings (parameters written by export)."""
+        return self._config()
 
     def _open_shared_memory(self) -> None:
         from boxinst_serve.client import shm
@@ -239,6 +332,12 @@ class BoxInstClient:
         return self._raw_model
 
     @property
+    def headers(self) -> dict[str, str] | None:
+        """The headers each call carries (the API key; None without one). The client adds them
+        itself, also to calls made on its tritonclient (`_client`)."""
+        return None if self._api_key is None else {GRPC_API_KEY_HEADER: self._api_key}
+
+    @property
     def shared_memory_regions(self) -> list[str]:
         """Names of the regions this client has registered (empty without shared memory)."""
         return self._shm.names() if self._shm is not None else []
@@ -264,14 +363,43 @@ class BoxInstClient:
             return False
 
     def _infer(self, model: str, inputs: list, outputs: list):
-        try:
-            return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
-        except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
-            err = _wrap(e)
-            if model == self._raw_model and "unknown model" in str(err):
-                raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames (copied "
-                                   "before it existed?): copy model_repository/ again, or use arrays='png'") from e
-            raise err from e
+        """One request; a transient failure (the server restarting, a step being brought back:
+        is_transient) is retried with backoff for up to `retry_s`, a bad input never."""
+        deadline, wait = time.monotonic() + self.retry_s, 0.25
+        while True:
+            try:
+                return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
+                err = _wrap(e)
+                if is_transient(err) and time.monotonic() + wait < deadline:
+                    self.retried += 1
+                    time.sleep(wait)
+                    wait = min(2 * wait, 2.0)
+                    model = self._reestablish(err, model)
+                    continue
+                if model == self._raw_model and "unknown model" in str(err):
+                    raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames "
+                                       "(copied before it existed?): copy model_repository/ again, or use "
+                                       "arrays='png'") from e
+                raise err from e
+
+    def _reestablish(self, err: BoxInstError, model: str) -> str:
+        """What a restarted server forgot: this client's shared-memory registrations, and the
+        model raw frames go to (picked again where it was the client's choice). -> the model to
+        retry with."""
+        text = str(err)
+        if self._shm is not None and "shared memory region" in text:
+            try:
+                self._shm.register_again()
+            except Exception:  # noqa: BLE001 - the server is not back yet: the next retry tries again
+                pass
+        if self._raw_auto and model == self._raw_model and "unknown model" in text:
+            self._raw_model = None
+            try:
+                return self.raw_model
+            except BoxInstError:
+                return model
+        return model
 
     def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
         """One image -> Instances at its original resolution (masks decoded lazily from RLE).
@@ -350,20 +478,28 @@ class BoxInstClient:
 
 
 class AsyncBoxInstClient:
-    """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`."""
+    """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`.
+    ssl, root_certificates, private_key, certificate_chain, api_key: as BoxInstClient."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
-                 raw_model: str | None = None, arrays: str = "raw"):
+                 raw_model: str | None = None, arrays: str = "raw", ssl: bool = False,
+                 root_certificates: str | os.PathLike | None = None, private_key: str | os.PathLike | None = None,
+                 certificate_chain: str | os.PathLike | None = None, api_key: str | None = None):
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
+        tls = _tls_options(ssl, root_certificates, private_key, certificate_chain)
         if arrays not in ARRAY_MODES:
             raise ValueError(f"arrays must be one of {ARRAY_MODES}, got {arrays!r}")
         self._grpc = grpcclient
         self.url, self.model, self.raw_model, self.timeout_s, self.arrays = url, model, raw_model, timeout_s, arrays
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        self._client = aioclient.InferenceServerClient(url, channel_args=opts)
+        self._client = aioclient.InferenceServerClient(url, channel_args=opts, **tls)
+        self.tls = bool(tls)
+        self._api_key = resolve_api_key(api_key)
+        if self._api_key is not None:
+            self._client.register_plugin(ApiKeyPlugin(self._api_key))
         self._class_names: list[str] | None = None
 
     async def class_names(self) -> list[str]:

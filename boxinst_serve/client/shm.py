@@ -146,6 +146,14 @@ class Region:
             raise
         return cls(name, byte_size, handle)
 
+    def register_again(self, client: Any, timeout_s: float | None) -> None:
+        """Register the (still existing) segment with a server that lost it: a restarted one."""
+        try:
+            client.unregister_system_shared_memory(self.name, client_timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - nothing registered under that name: the usual case
+            pass
+        client.register_system_shared_memory(self.name, "/" + self.name, self.byte_size, client_timeout=timeout_s)
+
     def close(self, client: Any, timeout_s: float | None) -> None:
         """Unregister (best effort: the server may be gone) and unlink.
 
@@ -263,6 +271,13 @@ class ShmPool:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(r.name for s in self._all for r in s.regions.values())
+
+    def register_again(self) -> None:
+        """Every region of every slot registered again (after a server restart forgot them)."""
+        with self._lock:
+            regions = [r for s in self._all for r in s.regions.values()]
+        for r in regions:
+            r.register_again(self.client, self.timeout_s)
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxinst_serve.protocol import NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
+from boxinst_serve.serving.security import WILDCARD_HOSTS, Security
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,14 @@ class TritonServer:
     metrics_port: int = 8002
     log_path: Path | None = None
     exit_timeout_s: int = 30
+    # HTTP and metrics have no TLS in Triton 2.51: they stay on loopback whatever gRPC binds to
+    # (serving/security.py, check_exposure).
+    http_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
+    security: Security | None = None  # TLS on gRPC and an API key (serving/security.py)
     process: subprocess.Popen | None = None
     _stubs_at_start: list[str] = field(default_factory=list)  # step instances once ready
+    _regions: set[str] = field(default_factory=set)  # the steps' shared-memory regions seen
     steps_died: int = 0  # step processes that died since start (the supervisor counts them)
     _log_in_workdir: bool = False  # the log lives (and dies) with the temporary folder
     _workdir: tempfile.TemporaryDirectory | None = None
@@ -87,25 +94,26 @@ class TritonServer:
 
     @property
     def http_address(self) -> str:
-        return self.host
+        return self.http_host
 
     @property
     def metrics_address(self) -> str:
-        return self.host
+        return self.metrics_host
 
     def command(self, backend_dir: Path) -> list[str]:
         return [str(pytriton_root() / "bin" / "tritonserver"),
                 f"--model-repository={self.repository}",
                 f"--backend-directory={backend_dir}",
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
-                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--http-address={self.http_host}", f"--http-port={self.http_port}",
+                f"--metrics-address={self.metrics_host}", f"--metrics-port={self.metrics_port}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false",
                 f"--exit-timeout-secs={self.exit_timeout_s}",
                 "--strict-readiness=true", "--exit-on-error=true", "--log-verbose=0",
                 # Every model loaded at start, and the repository API able to unload and load one
                 # again: how the supervisor brings back a step whose process died (serving/supervisor.py).
-                "--model-control-mode=explicit", "--load-model=*"]
+                "--model-control-mode=explicit", "--load-model=*",
+                *(self.security.tritonserver_args() if self.security is not None else [])]
 
     def environment(self) -> dict[str, str]:
         env = os.environ.copy()
@@ -126,10 +134,11 @@ class TritonServer:
             hint = (" (write it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)"
                     if NET_MODEL in missing else "")
             raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)}{hint}")
-        for port in (self.grpc_port, self.http_port, self.metrics_port):
+        for host, port in ((self.host, self.grpc_port), (self.http_host, self.http_port),
+                           (self.metrics_host, self.metrics_port)):
             with socket.socket() as s:
-                if s.connect_ex((self.host if self.host != "0.0.0.0" else "127.0.0.1", port)) == 0:
-                    raise ServerError(f"port {port} on {self.host} is already in use")
+                if s.connect_ex((host if host not in WILDCARD_HOSTS else "127.0.0.1", port)) == 0:
+                    raise ServerError(f"port {port} on {host} is already in use")
         self.steps_died = 0
         self._workdir = tempfile.TemporaryDirectory(prefix="boxinst-serve-")
         backend_dir = build_backend_dir(Path(self._workdir.name) / "backends")
@@ -163,6 +172,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         models = self.served_models()
         client = self.grpc_client()
+        last_error = None
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -172,24 +182,37 @@ class TritonServer:
                             client.is_model_ready(m, client_timeout=2) for m in models):
                         from boxinst_serve.serving.supervisor import server_stubs
 
-                        self._stubs_at_start = sorted(server_stubs(self.process.pid))
+                        stubs = server_stubs(self.process.pid)
+                        self._stubs_at_start = sorted(stubs)
+                        self._regions.update(s.shm_region for s in stubs.values())
                         return
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
+                except Exception as e:  # noqa: BLE001 - not listening yet
+                    last_error = e
                 time.sleep(0.25)
         finally:
             client.close()
-        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        why = f" (last answer: {last_error})" if last_error is not None else ""
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s{why}:\n{self.log_tail()}")
 
     def grpc_client(self):
         """A tritonclient gRPC client of this server (its own connection: close it)."""
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(self.grpc_url)
+        from boxinst_serve.client.grpc_client import ApiKeyPlugin
+
+        # On every address: connect through loopback. With TLS: trust, and under mutual TLS
+        # present, the server's own certificate (Security.own_client_options).
+        host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        options = self.security.own_client_options(host) if self.security is not None else {}
+        target = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+        client = grpcclient.InferenceServerClient(f"{target}:{self.grpc_port}", **options)
+        if self.security is not None and self.security.api_key is not None:
+            client.register_plugin(ApiKeyPlugin(self.security.api_key))  # the key on every call
+        return client
 
     def request_headers(self) -> dict[str, str] | None:
         """The headers every request of ours carries (none without an API key)."""
-        return None
+        return self.security.grpc_headers() if self.security is not None else None
 
     def dead_steps(self) -> list[str]:
         """Models whose Python-backend step process seen at start is gone (serving/supervisor.py)."""
@@ -214,7 +237,7 @@ class TritonServer:
         code = None
         if p is not None:
             if p.poll() is None:
-                regions = [s.shm_region for s in server_stubs(p.pid).values()]
+                self._regions.update(s.shm_region for s in server_stubs(p.pid).values())
                 if timeout_s is None:
                     # Triton waits out its exit timeout for a step that died, even one reloaded since
                     # (measured: 30.7 s after a recovery): such a server gets 3 s, then SIGKILL.
@@ -227,9 +250,15 @@ class TritonServer:
                     log.warning("tritonserver did not stop in %.0f s: killing it", timeout_s)
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
-                    removed = remove_regions(regions)  # what its killed steps could not remove
-                    if removed:
-                        log.info("removed %d shared-memory region(s) the killed server left", len(removed))
+            else:
+                try:  # it died (killed from outside): its steps may outlive it for a moment
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            removed = remove_regions(sorted(self._regions))  # what killed steps could not remove
+            if removed:
+                log.info("removed %d shared-memory region(s) left by the server's killed steps", len(removed))
+            self._regions.clear()
             code = p.returncode
             self.process = None
         if self._workdir is not None:

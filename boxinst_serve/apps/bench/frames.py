@@ -32,7 +32,6 @@ import numpy as np
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.measure import percentile_ms
 from boxinst_serve.serving.fused import STAGES, FramePipeline
-from boxinst_serve.protocol import NET_MODEL
 from boxinst_serve.serving import model_parameters, onnxruntime_settings
 
 INPUTS = ("png", "raw", "shm")
@@ -88,16 +87,12 @@ def _steps(client, model: str) -> list[str]:
     return [s["model_name"] for s in cfg.get("ensemble_scheduling", {}).get("step", [])]
 
 
-def served_engine_settings(url: str) -> dict:
+def served_engine_settings(url: str, client_kwargs: dict | None = None) -> dict:
     """The served boxinst_net's ONNX Runtime settings (config parameters written by export), so
-    that the in-process run uses the same: {"threads": int, "spinning": bool}."""
-    import tritonclient.grpc as grpcclient
-
-    c = grpcclient.InferenceServerClient(url)
-    try:
-        config = c.get_model_config(NET_MODEL, as_json=True)["config"]
-    finally:
-        c.close()
+    that the in-process run uses the same: {"threads": int, "spinning": bool}. client_kwargs:
+    BoxInstClient's TLS and key keywords."""
+    with BoxInstClient(url, timeout_s=30, **(client_kwargs or {})) as c:
+        config = c.net_config["config"]
     return onnxruntime_settings(model_parameters(config))
 
 

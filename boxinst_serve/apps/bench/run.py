@@ -269,11 +269,33 @@ def _engines_output(reports: list, flops: int, dense: float, device: str, precis
 
 # ---- a running server --------------------------------------------------------------------------
 
+def bench_soak(url: str, seconds: float, concurrency: int = 4, image: str | Path | None = None,
+               size: tuple[int, int] | None = None, client_kwargs: dict | None = None) -> BenchOutput:
+    """`--soak SECONDS`: mixed valid and invalid requests from `concurrency` clients, the server's
+    memory over time (boxinst_serve.apps.bench.soak)."""
+    import cv2
+
+    from boxinst_serve.apps.bench.soak import format_soak, run_soak
+
+    if image:
+        from boxinst_serve.preprocess import read_image
+
+        rgb = read_image(image)
+    else:
+        h, w = size or DEFAULT_SIZE
+        rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", rgb)[1].tobytes()
+    report = run_soak(url, data, rgb, seconds, concurrency=concurrency, client_kwargs=client_kwargs)
+    return BenchOutput({"url": url, "soak": report.to_dict()}, format_soak(report), f"server {url}")
+
+
 def bench_server(url: str, repository: str | Path, image: str | Path | None = None,
                  size: tuple[int, int] | None = None, concurrency: Sequence[int] = (1, 2, 4, 8),
-                 duration_s: float = 10.0, iters: int = 30, threads: int = 0) -> BenchOutput:
+                 duration_s: float = 10.0, iters: int = 30, threads: int = 0,
+                 client_kwargs: dict | None = None) -> BenchOutput:
     """Load on a running server per concurrency, against the in-process latency of the same work
-    (ONNX Runtime as served). The request: the PNG `image`, else random pixels of `size` (512x512)."""
+    (ONNX Runtime as served). The request: the PNG `image`, else random pixels of `size` (512x512).
+    client_kwargs: BoxInstClient's TLS and key keywords for a secured server."""
     from boxinst_serve.apps.bench.frames import served_engine_settings
     from boxinst_serve.apps.bench.server import format_load, measure_in_process, measure_load
     from boxinst_serve.client import BoxInstClient
@@ -286,14 +308,15 @@ def bench_server(url: str, repository: str | Path, image: str | Path | None = No
         h, w = size or DEFAULT_SIZE
         rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
         data = cv2.imencode(".png", rgb)[1].tobytes()
-    with BoxInstClient(url, timeout_s=60) as c:
+    kw = client_kwargs or {}
+    with BoxInstClient(url, timeout_s=60, **kw) as c:
         if not c.is_ready():
             raise RuntimeError(f"no ready boxinst model at {url} (start it with `boxinst serve`)")
         c.segment(data)
-    settings = served_engine_settings(url)  # the in-process baseline runs ONNX Runtime as served
+    settings = served_engine_settings(url, kw)  # the in-process baseline runs ONNX Runtime as served
     in_process = measure_in_process(repository, data, iters=iters, threads=threads or settings["threads"],
                                     spinning=settings["spinning"])
-    reports = [measure_load(url, data, k, duration_s) for k in concurrency]
+    reports = [measure_load(url, data, k, duration_s, client_kwargs=kw) for k in concurrency]
     return BenchOutput({"url": url, "in_process": in_process, "load": [r.to_dict() for r in reports]},
                        format_load(reports, in_process), f"server {url}; repository {repository}")
 

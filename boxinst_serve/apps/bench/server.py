@@ -31,7 +31,7 @@ class LoadReport:
 
 
 def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, warmup: int = 2,
-                 timeout_s: float = 60.0) -> LoadReport:
+                 timeout_s: float = 60.0, client_kwargs: dict | None = None) -> LoadReport:
     """`concurrency` clients (one gRPC channel each) send `data` back to back for `duration_s`."""
     latencies: list[float] = []
     errors = [0]
@@ -40,7 +40,7 @@ def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, war
     stop_at = [0.0]
 
     def worker() -> None:
-        with BoxInstClient(url, timeout_s=timeout_s) as c:
+        with BoxInstClient(url, timeout_s=timeout_s, **(client_kwargs or {})) as c:
             for _ in range(warmup):
                 c.segment(data)
             start.wait()

@@ -96,6 +96,7 @@ class PredictorSpec:
     timeout_s: float = 30.0
     max_requests: int = 8
     threads: int = 0  # .onnx: ONNX Runtime intra-op threads (0: its default, one per core of the node)
+    client_kwargs: dict = field(default_factory=dict)  # --url: TLS and key (BoxInstClient's keywords)
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.url):
@@ -108,7 +109,8 @@ class PredictorSpec:
         if self.url:
             from boxinst_serve.client import BoxInstClient
 
-            client = BoxInstClient(self.url, timeout_s=self.timeout_s, max_workers=self.max_requests)
+            client = BoxInstClient(self.url, timeout_s=self.timeout_s, max_workers=self.max_requests,
+                                   **self.client_kwargs)
             if not client.is_ready():
                 client.close()
                 raise RuntimeError(f"no ready boxinst model at {self.url} (start one with `boxinst serve` on "
