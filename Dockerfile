@@ -21,6 +21,21 @@ RUN pip install --no-cache-dir "numpy<2" "opencv-python-headless>=4.8,<4.12" "py
 COPY model_repository /models
 
 EXPOSE 8000 8001 8002
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-    CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"
+# Health is a tiny inference through the raw-frame ensemble, not the ready endpoint: Triton 2.51
+# keeps answering ready when a Python step's process has died (boxinst_serve/serving/probe.py).
+# `boxinst serve`'s supervisor, which reloads such a step, does not run in this image: let the
+# orchestrator restart an unhealthy container (a Kubernetes liveness probe running the same command).
+HEALTHCHECK --interval=10s --timeout=6s --start-period=60s \
+    CMD python3 -m boxinst_serve.serving.probe --url 127.0.0.1:8000
+# This CMD serves gRPC, HTTP and metrics on every address with no TLS and no key: for a trusted
+# network only. To expose it, give tritonserver the flags `boxinst serve` builds
+# (docs/deployment.md, "Securing a server"), e.g.
+#   docker run --gpus all -p 8001:8001 -v /etc/boxinst:/certs:ro -e BOXINST_API_KEY=$KEY boxinst-serve \
+#     sh -c 'exec tritonserver --model-repository=/models --strict-readiness=true --exit-timeout-secs=30 \
+#       --grpc-use-ssl=true --grpc-server-cert=/certs/server.pem --grpc-server-key=/certs/server.key \
+#       --grpc-restricted-protocol=inference,shared-memory,model-repository,model-config,statistics,trace,logging,metadata:boxinst-api-key=$BOXINST_API_KEY \
+#       --http-restricted-api=inference,shared-memory,model-repository,model-config,statistics,trace,logging,metadata:boxinst-api-key=$BOXINST_API_KEY \
+#       --http-address=127.0.0.1 --metrics-address=127.0.0.1'
+# (HTTP and metrics have no TLS in 2.51: keep them inside the container; the probe reads the key
+# from BOXINST_API_KEY.)
 CMD ["tritonserver", "--model-repository=/models", "--strict-readiness=true", "--exit-timeout-secs=30"]

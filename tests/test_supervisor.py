@@ -18,6 +18,7 @@ from servers import encode, repository_copy
 pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import BoxInstClient  # noqa: E402
+from boxinst_serve.serving.probe import probe_http  # noqa: E402
 from boxinst_serve.serving.server import TritonServer, free_port, which_tritonserver  # noqa: E402
 from boxinst_serve.serving.supervisor import (GaveUp, Supervisor, SupervisorSettings,  # noqa: E402
                                               server_stubs)
@@ -140,6 +141,14 @@ def test_a_dead_tritonserver_is_restarted_on_the_same_ports(repository):
         assert client.is_ready()
         client.segment(frame)  # registers its regions again
         assert client.retried >= 1
+        # The container's health check (no supervisor there): a tiny inference, not the ready endpoint.
+        assert probe_http(f"127.0.0.1:{server.http_port}") >= 0
+        supervisor.stop()
+        step = next(s for s in server_stubs(server.process.pid).values() if s.model == "boxinst_preprocess_raw")
+        os.kill(step.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        with pytest.raises(RuntimeError, match="not healthy"):
+            probe_http(f"127.0.0.1:{server.http_port}")
     finally:
         client.close()
         supervisor.stop()
