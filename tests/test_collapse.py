@@ -42,7 +42,7 @@ def test_reasons_from_measured_windows():
     assert collapse_reasons(CHECK_FROM - 0.01, 1.10, 0.92, 1.0, 1.0) == {}
     # The demo recipe's final checkpoints, replayed on training batches (docs/results.md, "Box-only
     # training over seeds"):
-    # masks that beat the filled boxes (seed 0 at lr 0.0025; seed 1 at 0.01) ...
+    # masks that beat the filled boxes (seed 0 at lr 0.0025; seed 1 at 0.01, pairwise warm-up 133) ...
     assert collapse_reasons(1.0, 0.15, 0.95, 0.738, 0.01, 0.180) == {}
     assert collapse_reasons(1.0, 0.12, 0.95, 0.624, 0.01, 0.036) == {}
     # ... and blobs that did not (seed 1, mask AP 0.4 vs 1.5; seed 2, 2.5 vs 1.6, class-agnostic below).

@@ -190,8 +190,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=0.01,
                    help="learning rate (default 0.01: the rate the tables of docs/results.md's ablation were measured "
-                        "at, kept so they can be reproduced; `boxinst train` and the slow test scale it with the batch "
-                        "instead, 0.0025 at batch 4: training/config.py linear_lr)")
+                        "at, the paper's and `boxinst train`'s default at any batch)")
     p.add_argument("--only", default="", help="comma-separated variant keys or set names (semi, holes): run only "
                                               "these, e.g. c_boxinst_tau0.3,semi,holes")
     p.add_argument("--extra", default="", help="also run these sets: semi (the paper's Table 6 on two class "
