@@ -24,7 +24,8 @@ import numpy as np
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.measure import machine_description
 from boxinst_serve.serving.server import TritonServer, free_port
-from boxinst_serve.serving.supervisor import Supervisor, SupervisorSettings, server_stubs
+from boxinst_serve.serving.processes import server_stubs
+from boxinst_serve.serving.supervisor import Supervisor, SupervisorSettings
 
 STEPS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess")
 

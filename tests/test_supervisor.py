@@ -20,8 +20,8 @@ pytest.importorskip("tritonclient.grpc")
 from boxinst_serve.client import BoxInstClient  # noqa: E402
 from boxinst_serve.serving.probe import probe_http  # noqa: E402
 from boxinst_serve.serving.server import TritonServer, free_port, which_tritonserver  # noqa: E402
-from boxinst_serve.serving.supervisor import (GaveUp, Supervisor, SupervisorSettings,  # noqa: E402
-                                              server_stubs)
+from boxinst_serve.serving.processes import server_stubs  # noqa: E402
+from boxinst_serve.serving.supervisor import GaveUp, Supervisor, SupervisorSettings  # noqa: E402
 
 pytestmark = pytest.mark.skipif(which_tritonserver() is None, reason="no tritonserver binary (nvidia-pytriton)")
 SHM = Path("/dev/shm")
@@ -206,3 +206,20 @@ def test_the_supervisor_backs_off_and_gives_up_after_its_budget():
     sup._backoff()
     with pytest.raises(GaveUp, match="2 recoveries within 60 s"):
         sup._backoff()
+
+
+def test_only_outages_are_retried_never_a_bad_input():
+    from boxinst_serve.client.grpc_client import BoxInstError, BoxInstTimeout, is_transient
+
+    down = ["in ensemble 'boxinst', Stub process 'boxinst_postprocess_0_0' is not healthy. (StatusCode.INTERNAL)",
+            "failed to connect to all addresses (StatusCode.UNAVAILABLE)",
+            # what a restarted server says of this client's region (measured): register again, retry
+            "Unable to find shared memory region: 'boxinst_1_2_0_in' (StatusCode.NOT_FOUND)"]
+    assert all(is_transient(BoxInstError(m)) for m in down)
+    bad = ["boxinst_preprocess_raw: frames must be RGB uint8 [H, W, 3], got dtype float32 (StatusCode.INTERNAL)",
+           "unexpected shape for input 'image' (StatusCode.INVALID_ARGUMENT)"]
+    assert not any(is_transient(BoxInstError(m)) for m in bad)
+    assert not is_transient(BoxInstTimeout("request timed out: Deadline Exceeded"))
+    unknown = BoxInstError("Request for unknown model: 'boxinst_raw' is not found (StatusCode.UNAVAILABLE)")
+    assert is_transient(unknown, model_answered_before=True)  # being reloaded
+    assert not is_transient(unknown, model_answered_before=False)  # a repository without it: say so at once

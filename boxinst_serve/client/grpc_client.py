@@ -143,12 +143,16 @@ TRANSIENT_MARKERS = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready",
                      "Unable to find shared memory region")
 
 
-def is_transient(err: BoxInstError) -> bool:
+def is_transient(err: BoxInstError, model_answered_before: bool = True) -> bool:
     """Did this request fail because the server or one of its steps was down (retry), rather than
-    because of the request itself (never retry)?"""
+    because of the request itself (never retry)? "unknown model" counts only for a model that
+    answered before (it is being reloaded), not for one the repository lacks."""
     text = str(err)
-    return (not isinstance(err, BoxInstTimeout) and "INVALID_ARGUMENT" not in text
-            and any(m in text for m in TRANSIENT_MARKERS))
+    if isinstance(err, BoxInstTimeout) or "INVALID_ARGUMENT" in text:
+        return False
+    if "unknown model" in text and not model_answered_before:
+        return False
+    return any(m in text for m in TRANSIENT_MARKERS)
 
 
 def _check_mask_format(mask_format: str) -> None:
@@ -271,6 +275,7 @@ class BoxInstClient:
         self.url, self.model, self._raw_model, self.timeout_s = url, model, raw_model, timeout_s
         self._raw_auto = raw_model is None
         self.retry_s, self.retried = retry_s, 0
+        self._answered: set[str] = set()  # models that answered this client (retried when reloading)
         self.arrays = arrays
         # 64 MiB messages: bitmap masks of large images do not fit gRPC's 4 MiB default.
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -368,10 +373,12 @@ class BoxInstClient:
         deadline, wait = time.monotonic() + self.retry_s, 0.25
         while True:
             try:
-                return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                self._answered.add(model)
+                return result
             except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
                 err = _wrap(e)
-                if is_transient(err) and time.monotonic() + wait < deadline:
+                if is_transient(err, model in self._answered) and time.monotonic() + wait < deadline:
                     self.retried += 1
                     time.sleep(wait)
                     wait = min(2 * wait, 2.0)

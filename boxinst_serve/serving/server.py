@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxinst_serve.protocol import NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
+from boxinst_serve.serving.processes import model_of, remove_regions, server_stubs
 from boxinst_serve.serving.security import WILDCARD_HOSTS, Security
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ class TritonServer:
                 try:
                     if client.is_server_ready(client_timeout=2) and all(
                             client.is_model_ready(m, client_timeout=2) for m in models):
-                        from boxinst_serve.serving.supervisor import server_stubs
-
                         stubs = server_stubs(self.process.pid)
                         self._stubs_at_start = sorted(stubs)
                         self._regions.update(s.shm_region for s in stubs.values())
@@ -216,12 +215,11 @@ class TritonServer:
 
     def dead_steps(self) -> list[str]:
         """Models whose Python-backend step process seen at start is gone (serving/supervisor.py)."""
-        from boxinst_serve.serving.supervisor import INSTANCE_RE, server_stubs
 
         if self.process is None or self.process.poll() is not None:
             return []
         alive = set(server_stubs(self.process.pid))
-        return sorted({INSTANCE_RE.sub(r"\g<model>", i) for i in set(self._stubs_at_start) - alive})
+        return sorted({model_of(i) for i in set(self._stubs_at_start) - alive})
 
     def restart(self, timeout_s: float = 120.0) -> "TritonServer":
         """Stop (killing at once: it is restarted because it is broken) and start on the same ports."""
@@ -231,8 +229,6 @@ class TritonServer:
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (Triton finishes in-flight requests, up to exit_timeout_s), then SIGKILL. With a
         dead step Triton would wait out its exit timeout for it: then the wait is 3 s."""
-        from boxinst_serve.serving.supervisor import remove_regions, server_stubs
-
         p = self.process
         code = None
         if p is not None:

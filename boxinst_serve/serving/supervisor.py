@@ -24,64 +24,16 @@ Every event is logged with its cause and kept in `events` (time, kind, detail)."
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, RAW_MODEL
+from boxinst_serve.serving.processes import Stub, server_stubs
 
 log = logging.getLogger(__name__)
-STUB_BINARY = b"triton_python_backend_stub"
-INSTANCE_RE = re.compile(r"^(?P<model>.+)_\d+_\d+$")  # boxinst_postprocess_0_0 -> boxinst_postprocess
 PROBE_SIZE = (32, 32)  # a tiny frame: enough to run every step, too small to cost anything
-
-
-@dataclass(frozen=True)
-class Stub:
-    """One Python-backend step process: its instance name, model, pid and shared-memory region."""
-
-    instance: str
-    model: str
-    pid: int
-    shm_region: str
-
-
-def server_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[str, Stub]:
-    """{instance name: Stub} of the stub processes whose parent is tritonserver `server_pid`.
-    A stub's argv: binary, model.py, shm region, shm sizes (2), parent pid, backend dir, shm
-    message size, instance name, device (the Python backend's launch line)."""
-    stubs = {}
-    for p in proc.iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) < 9 or not argv[0].endswith(STUB_BINARY) or argv[5] != str(server_pid).encode():
-            continue
-        instance = argv[8].decode(errors="replace")
-        m = INSTANCE_RE.match(instance)
-        stubs[instance] = Stub(instance, m.group("model") if m else instance, int(p.name),
-                               argv[2].decode(errors="replace"))
-    return stubs
-
-
-def process_rss_bytes(pids: list[int], proc: Path = Path("/proc")) -> int:
-    """Summed resident memory of these processes (VmRSS), those that still exist."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in (proc / str(pid) / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
 
 
 class GaveUp(RuntimeError):
@@ -114,13 +66,12 @@ class Supervisor:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one recovery at a time (the watch loop and probe() on demand)
         self._thread: threading.Thread | None = None
-        self._expected: set[str] = set()
         self._recoveries: list[float] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Supervisor":
-        self._expected = set(self._stubs())
-        self._record("watch", f"{len(self._expected)} step process(es): {', '.join(sorted(self._expected)) or 'none'}")
+        stubs = sorted(self._stubs())
+        self._record("watch", f"{len(stubs)} step process(es): {', '.join(stubs) or 'none'}")
         self._thread = threading.Thread(target=self._run, name="boxinst-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -137,9 +88,8 @@ class Supervisor:
         return server_stubs(p.pid) if p is not None and p.poll() is None else {}
 
     def dead_steps(self) -> list[str]:
-        """Models with an instance seen at start whose stub process is gone."""
-        alive = self._stubs()
-        return sorted({INSTANCE_RE.sub(r"\g<model>", i) for i in self._expected - set(alive)})
+        """Models with a step process seen when the server was last ready that is gone."""
+        return self.server.dead_steps()
 
     def _record(self, kind: str, detail: str, level: int = logging.INFO) -> None:
         self.events.append((time.time(), kind, detail))
@@ -224,14 +174,12 @@ class Supervisor:
                     failure = str(e)
                 missing = set(targets) - {s.model for s in self._stubs().values()}
                 if failure is None and not missing:
-                    self._expected = set(self._stubs())
                     self._done(t0, "reload")
                     return
                 self._record("reload failed", failure or f"no step process for {', '.join(sorted(missing))}",
                              logging.WARNING)
             self._record("restart", f"tritonserver on the same ports ({cause})", logging.WARNING)
             self.server.restart()
-            self._expected = set(self._stubs())
             self._done(t0, "restart")
 
     def _done(self, t0: float, how: str) -> None:
@@ -240,7 +188,8 @@ class Supervisor:
 
     # ---- the watch loop -------------------------------------------------------------------------
     def check(self) -> None:
-        """One round: a dead server, dead steps, and (when due) the probe; recovers what failed."""
+        """One round of the watch: a dead server, dead steps; recovers what failed (the probe runs
+        in its own thread: _probe_loop)."""
         p = self.server.process
         if p is None or p.poll() is not None:
             code = None if p is None else p.returncode
@@ -279,16 +228,3 @@ class Supervisor:
             threading.Thread(target=self._probe_loop, name="boxinst-probe", daemon=True).start()
         while not self._stop.wait(self.settings.poll_s) and not self.failed:
             self._guarded(self.check)
-
-
-def remove_regions(names: list[str], shm_dir: Path = Path("/dev/shm")) -> list[str]:
-    """Unlink the Python backend's shared-memory regions a killed server left; -> those removed."""
-    removed = []
-    for name in names:
-        path = shm_dir / name.lstrip("/")
-        try:
-            os.unlink(path)
-            removed.append(name)
-        except FileNotFoundError:
-            continue
-    return removed

@@ -10,33 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from boxinst_serve.client import BoxInstClient, BoxInstError
 from boxinst_serve.measure import percentile_ms
 from boxinst_serve.protocol import RAW_MODEL
-from boxinst_serve.serving.supervisor import process_rss_bytes
+from boxinst_serve.serving.processes import process_rss_bytes, server_processes
 
 WARMUP_S = 60.0  # memory growth is measured from here on
-
-
-def server_processes(grpc_port: int, proc: Path = Path("/proc")) -> list[int]:
-    """pids of the tritonserver listening on `grpc_port` (same host) and of its children (the steps)."""
-    servers, parents = [], {}
-    for p in proc.iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-            stat = (p / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(p.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if argv and argv[0].endswith(b"tritonserver") and f"--grpc-port={grpc_port}".encode() in argv:
-            servers.append(int(p.name))
-    return servers + [pid for pid, ppid in parents.items() if ppid in servers]
 
 
 @dataclass
