@@ -8,6 +8,7 @@ from pathlib import Path
 
 import boxinst_serve.apps.annotate as annotate_mod
 import boxinst_serve.apps.segment as segment_mod
+import boxinst_serve.predictor as predictor_mod
 import boxinst_serve.preprocess as preprocess_mod
 import training.evaluate as evaluate_mod
 
@@ -28,7 +29,7 @@ def _recording(monkeypatch, module) -> list[int]:
 def test_segment_runs_one_image_at_a_time(monkeypatch, lite_onnx, tiny_shapes, tmp_path):
     from boxinst_serve.engines import load_engine
 
-    calls = _recording(monkeypatch, segment_mod)
+    calls = _recording(monkeypatch, predictor_mod)  # segment runs the Predictor
     paths = sorted(Path(tiny_shapes["images"]).glob("*.png"))[:4]
     report = segment_mod.segment_paths(load_engine(lite_onnx), paths, tmp_path / "out", overlays=False,
                                        progress=False)
@@ -36,7 +37,7 @@ def test_segment_runs_one_image_at_a_time(monkeypatch, lite_onnx, tiny_shapes, t
 
 
 def test_eval_runs_one_image_at_a_time(monkeypatch, trained_lite, tiny_shapes):
-    calls = _recording(monkeypatch, evaluate_mod)
+    calls = _recording(monkeypatch, predictor_mod)  # eval runs the Predictor
     report = evaluate_mod.evaluate(str(trained_lite), tiny_shapes["val"], progress=False)
     assert report["num_images"] >= 3 and calls == [1] * report["num_images"]
 
