@@ -52,7 +52,7 @@ def certs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def secured(trained_lite, tiny_shapes, certs, tmp_path_factory):
+def secured(trained_lite, lite_onnx, tiny_shapes, certs, tmp_path_factory):
     """One server: TLS with a client CA (mutual) and an API key (from a file)."""
     from export.triton import write_triton_net
 
@@ -61,7 +61,7 @@ def secured(trained_lite, tiny_shapes, certs, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("secured")
     repo = repository_copy(root / "model_repository")
-    write_triton_net(trained_lite, repo, flavour="cpu")
+    write_triton_net(trained_lite, repo, flavour="cpu", onnx_path=lite_onnx)  # the session's export, not another
     key_file = root / "api.key"
     key_file.write_text(f"  {KEY}\n")
     security = Security.load(tls_cert=certs["server.pem"], tls_key=certs["server.key"],

@@ -28,12 +28,12 @@ SHM = Path("/dev/shm")
 
 
 @pytest.fixture(scope="module")
-def repository(trained_lite, tmp_path_factory) -> Path:
+def repository(trained_lite, lite_onnx, tmp_path_factory) -> Path:
     from export.triton import write_triton_net
 
     root = tmp_path_factory.mktemp("supervised")
     repo = repository_copy(root / "model_repository")
-    write_triton_net(trained_lite, repo, flavour="cpu")
+    write_triton_net(trained_lite, repo, flavour="cpu", onnx_path=lite_onnx)  # the session's export, not another
     return repo
 
 
