@@ -12,10 +12,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     security = Security.load(args.tls_cert, args.tls_key, args.tls_client_ca, args.api_key, args.api_key_file)
     security = security if security.tls or security.api_key else None
-    check_exposure(args.host, security, insecure=args.insecure)
+    check_exposure(args.host, security, insecure=args.insecure, http_host=args.http_host,
+                   metrics_host=args.metrics_host)
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout,
-                          security=security)
+                          http_host=args.http_host, metrics_host=args.metrics_host, security=security)
     supervise = None if args.no_supervise else SupervisorSettings(probe_s=args.probe_interval,
                                                                   max_recoveries=args.max_recoveries)
     return serve_forever(server, timeout_s=args.ready_timeout, supervise=supervise)
@@ -41,6 +42,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="callers must send this key (inference, shared memory, repository, configs, statistics, "
                         "trace, logging, metadata; health stays open)")
     g.add_argument("--api-key-file", default=None, help="the key from this file (keeps it out of shell history)")
+    g.add_argument("--http-host", default="127.0.0.1",
+                   help="HTTP bind address (no TLS in Triton 2.51: beyond loopback only with --insecure, e.g. for "
+                        "an HTTP health probe from outside)")
+    g.add_argument("--metrics-host", default="127.0.0.1",
+                   help="metrics bind address (beyond loopback only with --insecure)")
     g.add_argument("--insecure", action="store_true",
                    help="allow --host beyond loopback without TLS and a key (a trusted network only)")
     s.add_argument("--probe-interval", type=float, default=10.0,
