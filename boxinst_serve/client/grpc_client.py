@@ -486,7 +486,8 @@ class BoxInstClient:
 
 class AsyncBoxInstClient:
     """asyncio variant: `await client.segment(image)`, `await client.segment_batch(images)`.
-    ssl, root_certificates, private_key, certificate_chain, api_key: as BoxInstClient."""
+    ssl, root_certificates, private_key, certificate_chain, api_key: as BoxInstClient. It does not
+    retry a failed request (BoxInstClient does, `retry_s`): retry with your own event loop's timing."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
                  raw_model: str | None = None, arrays: str = "raw", ssl: bool = False,
