@@ -3,8 +3,9 @@
     python scripts/recovery_bench.py REPOSITORY [--concurrency 4] [--image IMG]
 
 Starts tritonserver on REPOSITORY with `boxinst serve`'s supervisor, keeps `--concurrency` clients
-sending the encoded image to the `boxinst` ensemble, SIGKILLs one step process (each of
-boxinst_preprocess, boxinst_net, boxinst_postprocess in turn, a fresh supervisor each), and
+sending requests through the step about to die (the encoded image to the `boxinst` ensemble, or the
+raw frame to the raw ensemble or the one-process raw model), SIGKILLs that step's process (each
+of --steps in turn, a fresh supervisor each), and
 prints per step: requests failed with client retries off, how long after the kill the last one
 failed, the window in which the server's ready endpoint said not ready, the supervisor's events,
 and then the same with the client's default retries (failures a user sees). Then the time
@@ -27,21 +28,26 @@ from boxinst_serve.serving.server import TritonServer, free_port
 from boxinst_serve.serving.processes import server_stubs
 from boxinst_serve.serving.supervisor import Supervisor, SupervisorSettings
 
-STEPS = ("boxinst_preprocess", "boxinst_net", "boxinst_postprocess")
+# step killed -> what the clients send: the encoded image to the `boxinst` ensemble, or the raw
+# frame to the model whose step it is (the raw ensemble, or the one-process raw model)
+STEPS = {"boxinst_preprocess": None, "boxinst_net": None, "boxinst_postprocess": None,
+         "boxinst_preprocess_raw": "boxinst_raw", "boxinst_raw_fused": "boxinst_raw_fused"}
 
 
-def one_kill(server: TritonServer, step: str, data: bytes, concurrency: int, retry_s: float) -> dict:
+def one_kill(server: TritonServer, step: str, data: bytes, frame: np.ndarray, concurrency: int,
+             retry_s: float) -> dict:
     import tritonclient.grpc as grpcclient
 
     supervisor = Supervisor(server, SupervisorSettings()).start()
     stop, lock, log, health = threading.Event(), threading.Lock(), [], []
 
     def load() -> None:
-        with BoxInstClient(server.grpc_url, timeout_s=30, retry_s=retry_s) as client:
+        raw_model = STEPS[step]
+        with BoxInstClient(server.grpc_url, timeout_s=30, retry_s=retry_s, raw_model=raw_model) as client:
             while not stop.is_set():
                 t0 = time.monotonic()
                 try:
-                    client.segment(data)
+                    client.segment(frame if raw_model else data)
                     ok = True
                 except Exception:  # noqa: BLE001 - counted
                     ok = False
@@ -89,22 +95,25 @@ def main() -> int:
     p.add_argument("repository")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--image", default=None, help="image file (default: a 240x320 synthetic frame)")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, of {', '.join(STEPS)}")
     args = p.parse_args()
     import cv2
 
     if args.image:
-        data = Path(args.image).read_bytes()
+        from boxinst_serve.preprocess import read_image
+
+        frame = read_image(args.image)
     else:
         frame = np.full((240, 320, 3), 40, np.uint8)
         cv2.rectangle(frame, (60, 50), (200, 170), (200, 60, 60), -1)
-        data = cv2.imencode(".png", frame)[1].tobytes()
+    data = cv2.imencode(".png", frame)[1].tobytes()
     print(f"machine: {machine_description()}; repository {args.repository}; concurrency {args.concurrency}")
     server = TritonServer(Path(args.repository), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server.start(240)
     try:
         for retry_s in (0.0, 15.0):
-            for step in STEPS:
-                r = one_kill(server, step, data, args.concurrency, retry_s)
+            for step in args.steps.split(","):
+                r = one_kill(server, step, data, frame, args.concurrency, retry_s)
                 print(f"{r['step']}: client retries {'off' if not retry_s else f'{retry_s:g} s'}: {r['failed']} of "
                       f"{r['requests']} requests failed, the last {r['last_failure_s']} s after the kill; "
                       f"not ready {r['not_ready_s']} s after it; supervisor {r['events']}", flush=True)
