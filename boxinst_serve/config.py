@@ -249,6 +249,13 @@ def padded_size(size: int, divisibility: int) -> int:
     return (size + divisibility - 1) // divisibility * divisibility
 
 
+def network_input_hw(cfg: ModelConfig, height: int, width: int) -> tuple[int, int]:
+    """(Hp, Wp) of the network input `prepare_for` makes of one height x width image under `cfg`:
+    resized to its test size, padded to its size divisibility."""
+    h, w = resized_shape(height, width, cfg.min_size_test, cfg.max_size_test, cfg.resize)
+    return padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """A size as written on a command line: '512' -> (512, 512); '800x1333' -> (800, 1333) as H x W.
     An argparse `type=`: a malformed size raises argparse.ArgumentTypeError, which argparse reports

@@ -63,12 +63,10 @@ def calibration_files(data_json: str | os.PathLike, images_dir: str | os.PathLik
 def padded_input_hw(path: Path, cfg: ModelConfig) -> tuple[int, int]:
     """(Hp, Wp) of the network input `prepare_for` makes of one image file under `cfg` (decoded,
     so that EXIF orientation counts as it does at inference)."""
-    from boxinst_serve.config import padded_size, resized_shape
+    from boxinst_serve.config import network_input_hw
     from boxinst_serve.preprocess import read_image
 
-    h, w = read_image(path).shape[:2]
-    h, w = resized_shape(h, w, cfg.min_size_test, cfg.max_size_test, cfg.resize)
-    return padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility)
+    return network_input_hw(cfg, *read_image(path).shape[:2])
 
 
 @dataclass

@@ -267,7 +267,7 @@ def test_the_api_key_guards_everything_but_health(secured, certs, monkeypatch):
 
     # HTTP (loopback only, no TLS in 2.51) checks the same key; its health is open too.
     server = secured["server"]
-    base = f"http://{server.http_address}:{server.http_port}"
+    base = f"http://{server.http_host}:{server.http_port}"
     assert urllib.request.urlopen(f"{base}/v2/health/ready", timeout=5).status == 200
     with pytest.raises(urllib.error.HTTPError, match="403"):
         urllib.request.urlopen(f"{base}/v2/models/stats", timeout=5)

@@ -138,7 +138,7 @@ def _wrap(e: Exception) -> BoxInstError:
 
 # Failures of a server that is (re)starting or healing a step: worth a bounded retry. A refused
 # input (INVALID_ARGUMENT), a timeout or any other error is never retried.
-TRANSIENT_MARKERS = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready", "not ready", "unknown model",
+TRANSIENT_MARKERS = ("StatusCode.UNAVAILABLE", "is not healthy", "not ready", "unknown model",
                      "has no available versions", "failed to connect", "Socket closed", "Connection reset",
                      "Unable to find shared memory region")
 

@@ -45,6 +45,9 @@ class FramePipeline:
     engine: Callable[[np.ndarray], dict[str, np.ndarray]]
     max_pixels: int | None = None
 
+    def __post_init__(self) -> None:
+        self._predictor = Predictor(self.engine, self.serving.model)
+
     @classmethod
     def from_repository(cls, repository: str | os.PathLike, threads: int = 0, spinning: bool = True,
                         max_pixels: int | None = None) -> "FramePipeline":
@@ -63,7 +66,7 @@ class FramePipeline:
         t0 = time.perf_counter()
         frame = check_frame(frame, limit)
         checked = time.perf_counter() - t0
-        (inst,), seconds = Predictor(self.engine, self.serving.model).timed([frame])
+        (inst,), seconds = self._predictor.timed([frame])
         return inst, {**seconds, "pre": seconds["pre"] + checked}
 
     def __call__(self, frame: np.ndarray) -> Instances:

@@ -93,14 +93,6 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    @property
-    def http_address(self) -> str:
-        return self.http_host
-
-    @property
-    def metrics_address(self) -> str:
-        return self.metrics_host
-
     def command(self, backend_dir: Path) -> list[str]:
         return [str(pytriton_root() / "bin" / "tritonserver"),
                 f"--model-repository={self.repository}",
@@ -209,13 +201,8 @@ class TritonServer:
             client.register_plugin(ApiKeyPlugin(self.security.api_key))  # the key on every call
         return client
 
-    def request_headers(self) -> dict[str, str] | None:
-        """The headers every request of ours carries (none without an API key)."""
-        return self.security.grpc_headers() if self.security is not None else None
-
     def dead_steps(self) -> list[str]:
         """Models whose Python-backend step process seen at start is gone (serving/supervisor.py)."""
-
         if self.process is None or self.process.poll() is not None:
             return []
         alive = set(server_stubs(self.process.pid))
@@ -284,8 +271,8 @@ def serve_forever(server: TritonServer, timeout_s: float = 120.0, supervise=None
     supervisor = None
     try:
         server.start(timeout_s)
-        print(f"boxinst serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_address}:"
-              f"{server.http_port}, metrics {server.metrics_address}:{server.metrics_port} (Ctrl-C stops)", flush=True)
+        print(f"boxinst serving {server.repository}: gRPC {server.grpc_url}, HTTP {server.http_host}:"
+              f"{server.http_port}, metrics {server.metrics_host}:{server.metrics_port} (Ctrl-C stops)", flush=True)
         if supervise is not None:
             supervisor = Supervisor(server, supervise).start()
         while stop["signal"] is None:

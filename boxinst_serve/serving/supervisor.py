@@ -87,10 +87,6 @@ class Supervisor:
         p = self.server.process
         return server_stubs(p.pid) if p is not None and p.poll() is None else {}
 
-    def dead_steps(self) -> list[str]:
-        """Models with a step process seen when the server was last ready that is gone."""
-        return self.server.dead_steps()
-
     def _record(self, kind: str, detail: str, level: int = logging.INFO) -> None:
         self.events.append((time.time(), kind, detail))
         log.log(level, "supervisor: %s: %s", kind, detail)
@@ -118,8 +114,7 @@ class Supervisor:
                 else:
                     continue
                 try:
-                    client.infer(model, inputs, outputs=outputs, client_timeout=self.settings.probe_timeout_s,
-                                 headers=self.server.request_headers())
+                    client.infer(model, inputs, outputs=outputs, client_timeout=self.settings.probe_timeout_s)
                 except Exception as e:  # noqa: BLE001 - any failure of the probe is the finding
                     return f"{model}: {e}"
             return None
@@ -143,11 +138,9 @@ class Supervisor:
         client = self.server.grpc_client()
         try:
             for model in models:
-                client.unload_model(model, headers=self.server.request_headers(),
-                                    client_timeout=self.settings.reload_timeout_s)
+                client.unload_model(model, client_timeout=self.settings.reload_timeout_s)
             for model in models:
-                client.load_model(model, headers=self.server.request_headers(),
-                                  client_timeout=self.settings.reload_timeout_s)
+                client.load_model(model, client_timeout=self.settings.reload_timeout_s)
         finally:
             client.close()
         self.server.wait_ready(self.settings.reload_timeout_s)
@@ -156,7 +149,7 @@ class Supervisor:
         """Bring the server back after `cause`: reload `models` (all Python steps if empty), and
         restart tritonserver on the same ports if that does not make it answer."""
         with self._lock:
-            if models and not set(models) & set(self.dead_steps()) and self.healthy:
+            if models and not set(models) & set(self.server.dead_steps()) and self.healthy:
                 return  # already brought back by the other thread
             self.healthy = False
             self.server.steps_died += 1  # its stop is then short (serving/server.py: stop)
@@ -165,7 +158,7 @@ class Supervisor:
             if self.server.process is not None and self.server.process.poll() is None:
                 # A failed probe may have been a step that died meanwhile: reload the dead ones; if
                 # none is dead (a step hangs), every step.
-                targets = models or self.dead_steps() or sorted({s.model for s in self._stubs().values()})
+                targets = models or self.server.dead_steps() or sorted({s.model for s in self._stubs().values()})
                 self._record("reload", f"{', '.join(targets)} ({cause})", logging.WARNING)
                 try:
                     self.reload(targets)
@@ -195,7 +188,7 @@ class Supervisor:
             code = None if p is None else p.returncode
             self.recover([], f"tritonserver exited with code {code}")
             return
-        dead = self.dead_steps()
+        dead = self.server.dead_steps()
         if dead:
             self.recover(dead, f"step process of {', '.join(dead)} died")
 

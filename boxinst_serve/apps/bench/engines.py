@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from boxinst_serve.config import padded_size, resized_shape
+from boxinst_serve.config import network_input_hw
 from boxinst_serve.engines import Engine
 from boxinst_serve.measure import percentile_ms, timed_loop
 
@@ -62,9 +62,7 @@ def measure(engine: Engine, name: str, image: np.ndarray, batch: int = 1, iters:
     times = timed_loop(step, iters, warmup)
     dets = dets[warmup:]
     p50 = percentile_ms(times["total"], 50)
-    cfg = engine.config
-    h, w = resized_shape(*image.shape[:2], cfg.min_size_test, cfg.max_size_test, cfg.resize)
-    input_hw = (padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility))
+    input_hw = network_input_hw(engine.config, *image.shape[:2])
     return LatencyReport(engine=name, input_hw=input_hw, batch=batch, iters=iters,
                          p50_ms=p50, p90_ms=percentile_ms(times["total"], 90), p99_ms=percentile_ms(times["total"], 99),
                          mean_ms=float(np.mean(times["total"]) * 1000), fps=batch * 1000.0 / p50,

@@ -191,11 +191,9 @@ class _CheckpointModels:
         """A plan for one input shape, the benchmark's: the image resized and padded as prepare_for does."""
         from export.tensorrt import build_engine
 
-        from boxinst_serve.config import padded_size, resized_shape
+        from boxinst_serve.config import network_input_hw
 
-        cfg = engine_config(self.onnx())
-        h, w = resized_shape(*image.shape[:2], cfg.min_size_test, cfg.max_size_test, cfg.resize)
-        hw = (padded_size(h, cfg.size_divisibility), padded_size(w, cfg.size_divisibility))
+        hw = network_input_hw(engine_config(self.onnx()), *image.shape[:2])
         return build_engine(self.onnx(), (1, *hw), (batch, *hw), (batch, *hw), fp16=precision == "fp16")
 
 

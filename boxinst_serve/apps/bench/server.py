@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from boxinst_serve.client import BoxInstClient
-from boxinst_serve.config import padded_size, resized_shape
+from boxinst_serve.config import network_input_hw
 from boxinst_serve.measure import StageClock, percentile_ms, timed_loop
 
 
@@ -86,22 +86,21 @@ def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, war
     predictor = Predictor(OnnxRuntimeEngine(net_onnx_path(repository), threads=threads, spinning=spinning),
                           serving.model)
     dets: list[int] = []
+    image_hw: list[int] = []  # the decoded image's size, from the timed decode
 
     def step() -> dict[str, float]:
         clock = StageClock()
         image = decode_image(data, max_pixels=serving.max_pixels)
         clock.lap("decode")
+        image_hw[:] = image.shape[:2]
         (inst,), seconds = predictor.timed([image])
         dets.append(len(inst))
         return {**clock.laps, **seconds}
 
     times = timed_loop(step, iters, warmup)
-    h, w = decode_image(data, max_pixels=serving.max_pixels).shape[:2]
-    rh, rw = resized_shape(h, w, serving.model.min_size_test, serving.model.max_size_test, serving.model.resize)
-    div = serving.model.size_divisibility
     return {"iters": iters, "p50_ms": percentile_ms(times["total"], 50), "p95_ms": percentile_ms(times["total"], 95),
             "p99_ms": percentile_ms(times["total"], 99), "instances": dets[-1],
-            "input_hw": [padded_size(rh, div), padded_size(rw, div)]}
+            "input_hw": list(network_input_hw(serving.model, *image_hw))}
 
 
 def format_load(reports: list[LoadReport], in_process: dict) -> str:

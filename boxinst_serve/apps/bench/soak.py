@@ -57,7 +57,7 @@ def _invalid_frame_request(client: BoxInstClient):
     frame = grpcclient.InferInput("image", [1, 16, 16, 4], "UINT8")
     frame.set_data_from_numpy(np.zeros((1, 16, 16, 4), np.uint8))
     return client._client.infer(RAW_MODEL, [frame, _mask_format_input(grpcclient, "rle")],
-                                client_timeout=client.timeout_s, headers=client.headers)
+                                client_timeout=client.timeout_s)  # the client's plugin adds its key
 
 
 def run_soak(url: str, image_bytes: bytes, frame: np.ndarray, seconds: float, concurrency: int = 4,
@@ -66,7 +66,15 @@ def run_soak(url: str, image_bytes: bytes, frame: np.ndarray, seconds: float, co
     (alternately undecodable bytes and a 4-channel frame), the others alternate the encoded image
     and the raw frame (RGB uint8 [H, W, 3]). The server's RSS is sampled every `sample_s`."""
     report = SoakReport(seconds=seconds, concurrency=concurrency)
-    pids = server_processes(int(url.rsplit(":", 1)[1]))
+    port = int(url.rsplit(":", 1)[1])
+    pids = server_processes(port)
+
+    def server_rss_mb() -> float:
+        """RSS of the server's processes now (listed again: steps may have been restarted)."""
+        nonlocal pids
+        pids = server_processes(port) or pids
+        return process_rss_bytes(pids) / 2**20
+
     latencies: list[float] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -110,16 +118,14 @@ def run_soak(url: str, image_bytes: bytes, frame: np.ndarray, seconds: float, co
 
     with tqdm(total=int(seconds), desc="soak", unit="s") as bar:
         while (elapsed := time.monotonic() - t_start) < seconds:
-            pids = server_processes(int(url.rsplit(":", 1)[1])) or pids  # steps may have been restarted
-            report.rss_mb.append((elapsed, process_rss_bytes(pids) / 2**20))
+            report.rss_mb.append((elapsed, server_rss_mb()))
             bar.n = int(elapsed)
             bar.set_postfix(requests=report.requests, failed=report.failed, rss_mb=f"{report.rss_mb[-1][1]:.0f}")
             time.sleep(min(sample_s, max(0.0, seconds - elapsed)))
     stop.set()
     for t in threads:
         t.join()
-    report.rss_mb.append((time.monotonic() - t_start, process_rss_bytes(server_processes(int(url.rsplit(":", 1)[1])))
-                          / 2**20))
+    report.rss_mb.append((time.monotonic() - t_start, server_rss_mb()))
     report.p50_ms, report.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
     return report
 
