@@ -129,3 +129,26 @@ def test_select_variants_expands_set_names():
     assert {"split1_none", "split2_boxinst", "h_boxinst_holes_late"} <= set(keys)
     assert [v.key for v in ablation.select_variants()] == [v.key for v in ablation.VARIANTS]
     assert len(ablation.select_variants(extra="semi")) == len(ablation.VARIANTS) + 6
+
+
+def test_the_ablation_runs_the_recipe_docs_results_reports():
+    """`make ablation` must run the protocol docs/results.md states (the recipe its table was measured
+    with), whatever `boxinst train`'s defaults become: parsed from the paragraph, compared with
+    what training.ablation builds for a variant."""
+    import re
+    from pathlib import Path
+
+    from training.config import LossConfig
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text().split())
+    m = re.search(r"(\d+) iterations of batch (\d+), short side (\d+)/(\d+)/(\d+), lr ([\d.]+) with warm-up and "
+                  r"steps at (\d+) and (\d+), pairwise warm-up (\d+) iterations", text)
+    assert m, "docs/results.md no longer states the ablation's recipe in the form this test reads"
+    iters, batch, s1, s2, s3, lr, step1, step2, pairwise = m.groups()
+    cfg = ablation.variant_config(int(iters), LossConfig(), size=int(s2), lr=ablation._parse_args([]).lr)
+    assert (cfg.iters, cfg.batch_size, cfg.min_sizes, cfg.lr) == (int(iters), int(batch), (int(s1), int(s2), int(s3)),
+                                                                 float(lr))
+    assert cfg.step_iters() == [int(step1), int(step2)]
+    assert cfg.loss.pairwise_warmup_iters == int(pairwise) == 133  # not boxinst train's floor of 400
+    defaults = ablation._parse_args([])
+    assert (defaults.iters, defaults.size) == (int(iters), int(s2))  # what `make ablation` passes: nothing
