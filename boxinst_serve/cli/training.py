@@ -91,11 +91,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="images per iteration, all processes together (default: the preset's on this device: "
                         "lite 4 on a CPU, the paper's 16 for r50_fpn/r101_fpn on CUDA; training/config.py RECIPES)")
     s.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: the paper's 0.01 at any --batch-size; scaled linearly to lite's "
-                        "CPU batch of 4, 0.0025, masks stayed blobs on 2 of 3 seeds: docs/results.md)")
+                   help="learning rate (default: the paper's 0.01 at any --batch-size, not scaled with it: scaled "
+                        "linearly, lite's CPU batch of 4 would get 0.0025, where masks stayed blobs on 2 of 3 seeds, "
+                        "docs/results.md; give 0.01 x batch / 16 to scale it)")
     s.add_argument("--warmup-iters", type=int, default=None, help="default: 1000 scaled to --iters/90000")
     s.add_argument("--pairwise-warmup-iters", type=int, default=None,
-                   help="default: 10000 scaled to --iters/90000, at least 400 (or a third of --iters); "
+                   help="default: 10000 scaled to --iters/90000, at least 400 (or a third of --iters, when that is less); "
                         "training/config.py MIN_PAIRWISE_WARMUP_ITERS")
     _add_train_losses(s)
     _add_train_sizes(s)
