@@ -278,3 +278,51 @@ def test_bench_compares_the_single_process_with_ray_workers(cluster, videos, lit
     # The Ray row's outputs were compared with the single process's (the reference, compared with nothing).
     assert result["rows"][0]["identical"] is None and result["rows"][1]["identical"] is True
     assert result["rows"][1]["startup_s"] > 0
+
+
+class _Loaded(Exception):
+    """Raised by the fake load_engine once it has recorded how it was called."""
+
+
+def test_default_flags_give_each_worker_the_single_process_threads(monkeypatch, tmp_path):
+    """The byte-for-byte guarantee rests on this: with the CLI's defaults a --ray worker loads a .onnx
+    model with the same ONNX Runtime threads as `boxinst video` without --ray (its default: no
+    --threads), whatever --cpus-per-worker reserves. No Ray and no model: the calls are recorded."""
+    import boxinst_serve.apps.video.ray as ray_app
+    import boxinst_serve.engines as engines
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"")
+    loads = []
+
+    def fake_load_engine(path, device="cpu", **kwargs):
+        loads.append((str(path), device, kwargs))
+        raise _Loaded
+
+    specs = []
+
+    def fake_run_videos_on_ray(sources, out, spec, cfg, **kwargs):
+        specs.append(spec)
+        raise _Loaded
+
+    monkeypatch.setattr(engines, "load_engine", fake_load_engine)
+    monkeypatch.setattr(ray_app, "run_videos_on_ray", fake_run_videos_on_ray)
+    common = ["video", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out"), "--model", str(model), "--quiet"]
+    with pytest.raises(_Loaded):
+        main(common)  # the single process
+    with pytest.raises(_Loaded):
+        main([*common, "--ray", "--workers", "2", "--cpus-per-worker", "1"])
+    [spec] = specs
+    with pytest.raises(_Loaded):
+        spec()  # what each worker does first
+    single, worker = loads
+    assert worker == single and single[2] == {}  # ONNX Runtime's default threads in both
+    # --threads N reaches both alike.
+    loads.clear(), specs.clear()
+    with pytest.raises(_Loaded):
+        main([*common, "--threads", "3"])
+    with pytest.raises(_Loaded):
+        main([*common, "--threads", "3", "--ray"])
+    with pytest.raises(_Loaded):
+        specs[0]()
+    assert loads[0] == loads[1] and loads[0][2] == {"threads": 3}

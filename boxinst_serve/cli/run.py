@@ -51,7 +51,13 @@ def _client_or_engine(args: argparse.Namespace, max_workers: int | None = None):
         return client, None
     from boxinst_serve.engines import load_engine
 
-    return None, load_engine(args.model, device=args.device)
+    return None, load_engine(args.model, device=args.device, **onnx_threads(args.model, getattr(args, "threads", 0)))
+
+
+def onnx_threads(model: str, threads: int) -> dict:
+    """load_engine's keywords for `--threads`: ONNX Runtime's intra-op threads of a .onnx model; none
+    for 0 (ONNX Runtime's default) or another kind of model."""
+    return {"threads": threads} if threads and str(model).lower().endswith(".onnx") else {}
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -95,7 +101,7 @@ def _video_on_ray(args: argparse.Namespace, camera: bool):
                                             "(--device cuda to use them)", args.gpus_per_worker)
     spec = PredictorSpec(model=os.path.abspath(args.model) if args.model else None, url=args.url,
                          device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
-                         threads=max(1, int(args.cpus_per_worker)), client_kwargs=client_security(args))
+                         threads=args.threads, client_kwargs=client_security(args))
     cfg = RayConfig(address=None if args.ray == "local" else args.ray, workers=args.workers,
                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                     max_attempts=args.max_attempts, start_timeout_s=args.start_timeout)
@@ -177,8 +183,13 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
                         "ray://HOST:10001 joins a cluster (inputs, model and OUT on storage every node sees)")
     s.add_argument("--workers", type=int, default=1, help="--ray: worker actors (each loads the model once)")
     s.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per worker (fractions share one)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="a .onnx model's ONNX Runtime intra-op threads, in this process or in each --ray worker "
+                        "(default 0: ONNX Runtime's default, one per core of the node; so --ray workers run the "
+                        "model as the single process does, and on one node their outputs equal its byte for byte)")
     s.add_argument("--cpus-per-worker", type=float, default=1.0,
-                   help="--ray: CPUs per worker (decode and writer threads; CPU inference)")
+                   help="--ray: CPUs Ray reserves per worker (for its decoder and writer threads; a .pt model's "
+                        "torch threads follow it, a .onnx model's are --threads)")
     s.add_argument("--max-attempts", type=int, default=3,
                    help="--ray: worker deaths on one video before it is reported as failed")
     s.add_argument("--start-timeout", type=float, default=600.0, help="--ray: seconds for all workers to be up")
