@@ -9,6 +9,7 @@ import pytest
 from boxinst_serve.postprocess import instances_for, paste_masks, to_instances
 from boxinst_serve.preprocess import (ImageDecodeError, ImageMeta, decode_image, image_header_size, prepare_batch,
                                       prepare_for, read_image)
+from tests.reference import reference_input
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -197,13 +198,13 @@ def test_mean_padding_fills_every_padded_pixel_on_every_path():
 
     cfg = _adelaidet_like()
     img = np.full((300, 640, 3), 7, dtype=np.uint8)
-    batch, metas = prepare_for(cfg, [img])
-    rh, rw = metas[0].resized_hw
-    assert batch.shape[1:3] == (640, 1344) and (rh, rw) == (625, 1333)
-    assert (batch[0, rh:] == (124, 116, 104)).all() and (batch[0, :, rw:] == (124, 116, 104)).all()
-    assert (batch[0, :rh, :rw] == 7).all()
-    served, meta = prepare_one(img, cfg)  # the Triton pre-processing steps: the same input, no canvas
-    assert meta == metas[0] and np.array_equal(served, batch)
+    in_process, metas = prepare_for(cfg, [img])
+    served, meta = prepare_one(img, cfg)  # the Triton pre-processing steps
+    for batch, m in ((in_process, metas[0]), (served, meta)):
+        rh, rw = m.resized_hw
+        assert batch.shape == (1, 640, 1344, 3) and m == ImageMeta((300, 640), (625, 1333))
+        assert (batch[0, rh:] == (124, 116, 104)).all() and (batch[0, :, rw:] == (124, 116, 104)).all()
+        assert (batch[0, :rh, :rw] == 7).all()
 
 
 def test_served_preprocessing_pads_each_image_to_its_own_size_only():
@@ -214,14 +215,32 @@ def test_served_preprocessing_pads_each_image_to_its_own_size_only():
     from boxinst_serve.serving import prepare_one
 
     cfg = lite().replace(min_size_test=256, max_size_test=448)
-    for hw, padded in (((256, 256), (256, 256)), ((240, 320), (256, 352)), ((320, 240), (352, 256)),
-                       ((100, 1000), (64, 448))):
-        img = np.full((*hw, 3), 9, dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    for hw, resized, padded in (((256, 256), (256, 256), (256, 256)), ((240, 320), (256, 341), (256, 352)),
+                                ((320, 240), (341, 256), (352, 256)), ((100, 1000), (45, 448), (64, 448))):
+        img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
         served, meta = prepare_one(img, cfg)
-        assert served.shape == (1, *padded, 3), (hw, served.shape)
-        np.testing.assert_array_equal(served, prepare_for(cfg, [img])[0])
+        assert served.shape == (1, *padded, 3) and meta == ImageMeta(hw, resized), (hw, served.shape, meta)
+        want, want_hw = reference_input(img, cfg)  # resized and padded in the test, from cfg's numbers
+        assert want_hw == resized
+        np.testing.assert_array_equal(served, want)
     with pytest.raises(ValueError, match="expected an RGB uint8"):
         prepare_one(np.zeros((8, 8), np.uint8), cfg)
+
+
+@pytest.mark.parametrize("hw", [(97, 61), (128, 128), (300, 640), (481, 333), (40, 900)])
+@pytest.mark.parametrize("adelaidet", [False, True])
+def test_prepare_for_equals_a_resize_and_pad_written_from_the_configs_numbers(hw, adelaidet):
+    """tests/reference.py resizes (cv2 or PIL, per the resize mode) and pads (to its own size
+    rounded up to the divisibility, black or the mean colour) without the product's code."""
+    from boxinst_serve.config import lite
+
+    cfg = _adelaidet_like() if adelaidet else lite().replace(min_size_test=128, max_size_test=160)
+    img = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    batch, metas = prepare_for(cfg, [img])
+    want, resized = reference_input(img, cfg)
+    assert metas[0] == ImageMeta(hw, resized)
+    np.testing.assert_array_equal(batch, want)
 
 
 def test_boxes_empty_after_clipping_are_dropped_where_the_config_says():
