@@ -18,12 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[full,serve,client,cluster,dev]'
 	touch $@
 
-# The whole suite, the slow box-only training test (about 12 minutes on 2 cores) included.
+# The whole suite, the slow box-only training test included: 27 minutes of pytest on the 2-core
+# development machine (2026-12-04, fresh clone), 10 of them the slow test; the whole `CI=true bash .ci/run`
+# took 38 minutes on a 2-core AMD EPYC (issue 27).
 test: install
 	mkdir -p outputs
 	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q tests
 
-# Everything but the slow training test (about 3 minutes).
+# Everything but the slow training test: about 17 minutes on the 2-core development machine (the suite's 27 less the slow test's 10).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
