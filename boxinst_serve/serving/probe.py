@@ -2,10 +2,13 @@
 Dockerfile HEALTHCHECK): a tiny inference through the raw-frame ensemble over HTTP, which fails
 when any of its steps is dead, where Triton 2.51's ready endpoint still answers ready.
 
-    python3 -m boxinst_serve.serving.probe [--url 127.0.0.1:8000] [--model boxinst_raw] [--api-key-env]
+    python3 -m boxinst_serve.serving.probe [--url 127.0.0.1:8000] [--model boxinst_raw] [--timeout 5]
 
-Exit 0 when the model answered, 1 (with the reason on stderr) when not. Standard library only:
-the serving image has no tritonclient."""
+The API key, where the server wants one, comes from the BOXINST_API_KEY environment variable
+(protocol.API_KEY_ENV), never from the command line. Exit 0 when the model answered, 1 (with the
+reason on stderr) when not. The request goes through the standard library's urllib (the serving
+image has no tritonclient); the module itself loads with boxinst_serve's serving package, so it
+needs numpy and OpenCV (which the image installs for the Python steps), not torch."""
 from __future__ import annotations
 
 import argparse
