@@ -16,9 +16,15 @@ The `cpu` flavour also writes `boxinst_raw_fused` beside it (raw frames in one p
 export/triton_fused.py); the others remove it. Every flavour also gets boxinst_serving.json
 (model config, class names, frame-size limit), which the pre- and post-processing steps read, and
 the class names in its config parameters. Every path pads a request to its own size, as in process.
+
+The ensembles and the Python steps around `boxinst_net` (model_repository/ of this project) come
+with the package: the export copies each file of theirs that the repository lacks, and keeps (and
+names) the ones a user changed, so that `pip install` then `export --triton DIR` gives a complete
+repository.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
@@ -27,13 +33,16 @@ from pathlib import Path
 
 from boxinst_serve.config import INPUT_NAME, ModelConfig
 from boxinst_serve.files import replace_dir
-from boxinst_serve.protocol import ENSEMBLE_MODEL, NET_MODEL
+from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
 from boxinst_serve.serving import ServingConfig
 from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
 CPU_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_onnxruntime_cpu.py"
+# The models of the packaged model_repository/ (packaged_repository): all but the network and the
+# one-process model, which exports write.
+PACKAGED_MODELS = tuple(m for m in REQUIRED_MODELS + OPTIONAL_MODELS if m not in (NET_MODEL, FUSED_RAW_MODEL))
 # How long the dynamic batcher holds a request for others to join its batch. On a GPU a batch of 8
 # costs little more than one, so 1 ms of waiting pays under load. On the CPU a batch costs its
 # size in time (docs/benchmarks.md, video), so waiting only adds latency: requests that arrive
@@ -90,21 +99,64 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
     return "\n".join(lines) + "\n"
 
 
+def packaged_repository() -> Path:
+    """The folder of the packaged model_repository/ (the ensembles' configs and the steps' files): in a
+    wheel, boxinst_serve/_model_repository (pyproject.toml maps the top-level folder in); in a
+    checkout (an editable install, or the source tree on sys.path), the top-level folder itself."""
+    import boxinst_serve
+
+    package = Path(boxinst_serve.__file__).resolve().parent
+    for folder in (package / "_model_repository", package.parent / "model_repository"):
+        if (folder / ENSEMBLE_MODEL / "config.pbtxt").is_file():
+            return folder
+    raise FileNotFoundError(f"boxinst_serve at {package} carries no model_repository/ (the ensembles and steps): "
+                            "reinstall boxinst-serve")
+
+
+def add_packaged_models(repository: str | os.PathLike) -> list[Path]:
+    """Copy into `repository` each file of the packaged ensembles and steps that it lacks (config.pbtxt,
+    1/model.py, the ensembles' empty version folders). A file already there is kept as it is: where
+    it differs from the packaged one (a user's edit, or a copy from another version), a warning
+    names it. Returns the files written."""
+    repository = Path(repository)
+    source = packaged_repository()
+    written, kept = [], []
+    for name in PACKAGED_MODELS:
+        for src in sorted(p for p in (source / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            dest = repository / src.relative_to(source)
+            if dest.exists():
+                if not filecmp.cmp(src, dest, shallow=False):
+                    kept.append(dest)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            written.append(dest)
+    if written:
+        log.info("added to %s from the package (%s): %s", repository, source,
+                 ", ".join(str(p.relative_to(repository)) for p in written))
+    if kept:
+        log.warning("in %s, these files differ from this package's (%s) and were kept as they are: %s (delete "
+                    "them and export again for the packaged ones)", repository, source,
+                    ", ".join(str(p.relative_to(repository)) for p in kept))
+    return written
+
+
 def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLike, flavour: str = "cpu",
                      onnx_path: str | os.PathLike | None = None,
                      max_batch_size: int = 8, instances: int = 1, trt_accelerator: bool = False,
                      fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0,
                      int8: Int8Options | None = None) -> Path:
-    """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`.
-    Returns the boxinst_net folder. Files are written to a temporary folder and swapped in.
+    """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`, after adding the
+    packaged ensembles and steps that REPOSITORY lacks (add_packaged_models). Returns the boxinst_net folder. Files are written to a temporary folder and swapped in.
     int8: serve an INT8 engine calibrated as these options say (see the module docstring)."""
     from export.onnx import export_onnx
 
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     repository = Path(repository)
-    if not (repository / ENSEMBLE_MODEL / "config.pbtxt").is_file():
-        log.warning("%s has no boxinst ensemble config: copy model_repository/ from this project first", repository)
+    add_packaged_models(repository)  # the ensembles and steps around the network, where missing
     final = repository / NET_MODEL
     work = repository / f".{NET_MODEL}.tmp"
     shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boxinst_serve.protocol import NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
+from boxinst_serve.protocol import OPTIONAL_MODELS, REQUIRED_MODELS
 from boxinst_serve.serving.processes import model_of, remove_regions, server_stubs
 from boxinst_serve.serving.security import WILDCARD_HOSTS, Security
 
@@ -124,9 +124,9 @@ class TritonServer:
         self.repository = repo
         missing = [m for m in REQUIRED_MODELS if not (repo / m / "config.pbtxt").is_file()]
         if missing:
-            hint = (" (write it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)"
-                    if NET_MODEL in missing else "")
-            raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)}{hint}")
+            # The export writes the network and adds the ensembles and steps that this package carries.
+            raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)} (write "
+                              "it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)")
         for host, port in ((self.host, self.grpc_port), (self.http_host, self.http_port),
                            (self.metrics_host, self.metrics_port)):
             with socket.socket() as s:
