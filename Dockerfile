@@ -6,7 +6,8 @@
 #
 #   boxinst export --checkpoint final.pt --triton model_repository --flavour onnxruntime   # or tensorrt
 #   docker build -t boxinst-serve .
-#   docker run --gpus all --rm -p 8001:8001 -p 8000:8000 -p 8002:8002 boxinst-serve
+#   docker run --gpus all --rm -p 8001:8001 -p 8000:8000 -p 8002:8002 --shm-size=1g boxinst-serve
+# (--shm-size: the Python-backend steps exchange tensors through /dev/shm; docs/deployment.md)
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 # The Python-backend steps (decode/letterbox, paste/RLE) run boxinst_serve's own pre- and
@@ -30,7 +31,7 @@ HEALTHCHECK --interval=10s --timeout=6s --start-period=60s \
 # This CMD serves gRPC, HTTP and metrics on every address with no TLS and no key: for a trusted
 # network only. To expose it, give tritonserver the flags `boxinst serve` builds
 # (docs/deployment.md, "Securing a server"), e.g.
-#   docker run --gpus all -p 8001:8001 -v /etc/boxinst:/certs:ro -e BOXINST_API_KEY=$KEY boxinst-serve \
+#   docker run --gpus all -p 8001:8001 --shm-size=1g -v /etc/boxinst:/certs:ro -e BOXINST_API_KEY=$KEY boxinst-serve \
 #     sh -c 'exec tritonserver --model-repository=/models --strict-readiness=true --exit-timeout-secs=30 \
 #       --grpc-use-ssl=true --grpc-server-cert=/certs/server.pem --grpc-server-key=/certs/server.key \
 #       --grpc-restricted-protocol=inference,shared-memory,model-repository,model-config,statistics,trace,logging,metadata:boxinst-api-key=$BOXINST_API_KEY \
