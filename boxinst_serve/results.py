@@ -93,7 +93,12 @@ class Instances:
         dict also holds "3d": the 3-D centroid, principal axes, extents, a grasp point and
         approach direction in the camera frame, and the count of valid-depth pixels
         (boxinst_serve.geometry3d; depth 0 or NaN is ignored)."""
-        import cv2
+        try:
+            import cv2
+        except ImportError as e:  # the client extra installs it (opencv-python-headless)
+            raise ImportError("Instances.geometry() needs OpenCV for the contours and oriented boxes: "
+                              "`pip install 'boxinst-serve[client]'` (or opencv-python-headless); "
+                              "geometry_3d() needs only numpy") from e
 
         result = []
         for m in self.masks:

@@ -2,8 +2,13 @@
 import (no torch)."""
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -57,6 +62,45 @@ def test_to_coco_uses_xywh_boxes_and_category_ids():
 def test_results_module_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import boxinst_serve.results, boxinst_serve.config"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _light_client_imports() -> set[str]:
+    """Top-level names of the third-party modules that boxinst_serve.client (shared memory too) and
+    boxinst_serve.results import anywhere in their files (inside functions too: geometry's cv2)."""
+    code = ("import sys, boxinst_serve.client, boxinst_serve.client.shm, boxinst_serve.results\n"
+            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('boxinst_serve')))")
+    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    names = set()
+    for f in files:
+        for node in ast.walk(ast.parse(Path(f).read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"boxinst_serve"}
+
+
+def test_the_client_extra_installs_every_module_the_light_client_and_geometry_import():
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=!~; ]", d)[0].lower()
+                for d in project["dependencies"] + project["optional-dependencies"]["client"]}
+    providers = importlib.metadata.packages_distributions()
+    imports = _light_client_imports()
+    assert {"numpy", "tritonclient", "pycocotools", "cv2"} <= imports
+    missing = {m: providers.get(m) for m in imports if not declared & {d.lower() for d in providers.get(m, [])}}
+    assert missing == {}, f"imported by the light client but not in the client extra: {missing}"
+
+
+def test_geometry_without_opencv_names_the_extra_to_install():
+    code = ("import sys; sys.modules['cv2'] = None\n"
+            "import numpy as np\n"
+            "from boxinst_serve.results import Instances, encode_masks\n"
+            "inst = Instances(boxes=np.zeros((1, 4), np.float32), scores=np.ones(1, np.float32),\n"
+            "                 classes=np.zeros(1, np.int64), rle=encode_masks(np.ones((1, 4, 4), bool)),\n"
+            "                 image_size=(4, 4))\n"
+            "inst.geometry()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode != 0 and "pip install 'boxinst-serve[client]'" in run.stderr, run.stderr
 
 
 def test_overlay_draws_one_of_several_labels_for_the_same_object():
