@@ -16,7 +16,7 @@ from typing import Any
 # 2: served requests are padded to their own size (1: onto a fixed canvas, which changed the scores).
 CONTRACT_VERSION = "2"
 
-# Names of the network contract (DESIGN.md, "Network contract"): torch module, ONNX graph and
+# Names of the network contract (docs/architecture.md, "Network contract"): torch module, ONNX graph and
 # TensorRT engine all use these.
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")

@@ -1,4 +1,4 @@
-"""ONNX export of the whole CondInst inference graph (DESIGN.md, "Network contract").
+"""ONNX export of the whole CondInst inference graph (docs/architecture.md, "Network contract").
 
 uint8 pixels [B, H, W, 3] in; normalisation, backbone, FPN, FCOS head, decoding, per-level top-k,
 class-aware NMS (ONNX NonMaxSuppression), dynamic mask heads (batched MatMul), aligned-bilinear

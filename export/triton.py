@@ -1,4 +1,4 @@
-"""Write `boxinst_net` into a Triton model repository (DESIGN.md, "Triton repository contract").
+"""Write `boxinst_net` into a Triton model repository (docs/architecture.md, "Triton repository contract").
 
 Flavours:
 - `cpu`: a Python-backend model running 1/model.onnx with ONNX Runtime (the tritonserver in the

@@ -1,4 +1,4 @@
-"""COCO-json dataset for training and evaluation (DESIGN.md, "Data").
+"""COCO-json dataset for training and evaluation (docs/architecture.md, "Data").
 
 `CocoBoxDataset` reads a COCO json plus an image folder and yields resized samples; `collate`
 pads a list of samples into a batch. Supervision modes:

@@ -4,7 +4,7 @@ Each image is a textured background (smooth low-frequency colour noise plus pixe
 1-6 solid, slightly shaded shapes of 7 categories, including a ring (a shape with a hole) and
 concave outlines (star, cross, crescent), which are exactly the cases where box-only supervision
 is hard. Later shapes occlude earlier ones; the ground-truth mask of an instance is its visible
-part. The masks are for evaluation only (DESIGN.md, "Data").
+part. The masks are for evaluation only (docs/architecture.md, "Data").
 
 Every painted shape is annotated: a placement that would leave an earlier instance (or itself)
 below the visibility thresholds is retried and, failing that, not drawn at all, so the images

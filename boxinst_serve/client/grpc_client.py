@@ -1,5 +1,5 @@
 """The client robots call: BoxInst masks over gRPC from a Triton server running the `boxinst`
-ensemble (DESIGN.md, "Client and results").
+ensemble (docs/architecture.md, "Client and results").
 
     from boxinst_serve.client import BoxInstClient
     with BoxInstClient("127.0.0.1:8001") as client:

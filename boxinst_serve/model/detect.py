@@ -1,4 +1,4 @@
-"""Inference post-processing to the padded network contract (DESIGN.md, "Network contract").
+"""Inference post-processing to the padded network contract (docs/architecture.md, "Network contract").
 
 Pure functions on `HeadOutputs`; `InferenceModel` wraps CondInst + `detect` as the module that
 engines run and that export traces.
@@ -130,7 +130,7 @@ def detection_masks(mask_feats: torch.Tensor, sel: dict[str, torch.Tensor], cfg:
 
 
 def contract_outputs(sel: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The network contract's outputs (DESIGN.md) from a selection and its masks."""
+    """The network contract's outputs (docs/architecture.md) from a selection and its masks."""
     valid = sel["valid"]
     vf = valid.to(sel["boxes"].dtype)
     return {

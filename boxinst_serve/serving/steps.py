@@ -1,7 +1,7 @@
 """What the Triton steps share with the in-process path: the serving settings written beside
 `boxinst_net` by `boxinst export --triton`, the pre-processing of one request (exactly
 `prepare_for` on a single image: its own size padded to the size divisibility, never a larger
-canvas, DESIGN.md), and the small per-image metadata passed between steps.
+canvas, docs/architecture.md), and the small per-image metadata passed between steps.
 
 Pure numpy/OpenCV: imported by the Python-backend models in `model_repository/` and by tests."""
 from __future__ import annotations
