@@ -125,3 +125,47 @@ def test_bench_checkpoint_with_another_suffix_is_an_error_naming_what_it_takes(t
     err = capsys.readouterr().err
     assert "boxinst bench: error: --checkpoint takes" in err
     assert all(s in err for s in (".pt", ".onnx", ".plan", "model.bin"))
+
+
+class _Connected(Exception):
+    """Raised by the fake BoxInstClient once it has recorded its keywords."""
+
+
+SECURITY_FLAGS = ["--ssl", "--api-key", "k3y"]
+
+
+def _recording_client(calls: list):
+    def client(url, **kwargs):
+        calls.append(kwargs)
+        raise _Connected
+    return client
+
+
+def test_frames_bench_reads_the_served_settings_with_the_security_flags(monkeypatch):
+    """`bench --url --input ...` against a secured server: its first call (the served engine's
+    settings) carries --ssl and --api-key. No server: the client is a recorder."""
+    from boxinst_serve.apps.bench import frames
+    from boxinst_serve.cli import main
+
+    calls = []
+    monkeypatch.setattr(frames, "BoxInstClient", _recording_client(calls))
+    with pytest.raises(_Connected):
+        main(["bench", "--url", "127.0.0.1:1", "--input", "png", *SECURITY_FLAGS])
+    assert calls[0]["ssl"] is True and calls[0]["api_key"] == "k3y"
+
+
+@pytest.mark.parametrize("mode", ["png", "raw", "shm"])
+def test_frames_bench_sends_its_requests_with_the_security_flags(monkeypatch, mode):
+    """The measured requests (and the statistics, read through the same client) carry them too."""
+    from boxinst_serve.apps.bench import frames
+    from boxinst_serve.cli import main
+
+    calls = []
+    monkeypatch.setattr(frames, "served_engine_settings", lambda url, client_kwargs=None: {"threads": 1,
+                                                                                          "spinning": False})
+    monkeypatch.setattr(frames, "in_process_runner", lambda repository, threads=0, spinning=True: None)
+    monkeypatch.setattr(frames, "BoxInstClient", _recording_client(calls))
+    with pytest.raises(_Connected):
+        main(["bench", "--url", "127.0.0.1:1", "--input", mode, "--frames", "64x64", *SECURITY_FLAGS])
+    [kwargs] = calls
+    assert kwargs["ssl"] is True and kwargs["api_key"] == "k3y"

@@ -16,7 +16,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.url and args.input:
         out = run.bench_frames(args.url, args.repository, args.input, args.frames, image=args.image,
-                               iters=args.iters, warmup=args.warmup, threads=args.threads, raw_model=args.raw_model)
+                               iters=args.iters, warmup=args.warmup, threads=args.threads, raw_model=args.raw_model,
+                               client_kwargs=client_security(args))
     elif args.url and args.soak:
         out = run.bench_soak(args.url, args.soak, concurrency=max(args.concurrency), image=args.image,
                              size=args.size, client_kwargs=client_security(args))

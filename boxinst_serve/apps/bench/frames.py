@@ -103,51 +103,47 @@ def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool =
 
 
 def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, iters: int = 30, warmup: int = 3,
-                   timeout_s: float = 60.0, raw_model: str | None = None) -> BudgetRow:
+                   timeout_s: float = 60.0, raw_model: str | None = None, client_kwargs: dict | None = None) -> BudgetRow:
     """`iters` requests of `frame` by `input_mode`, alternating with as many in-process runs
     (in-process first on every other request). raw_model: where raw and shm frames go (None:
-    the client's choice)."""
-    import tritonclient.grpc as grpcclient
-
+    the client's choice). client_kwargs: BoxInstClient's TLS and key keywords for a secured server
+    (the statistics are read through the same client, so they carry them too)."""
     if input_mode not in INPUTS:
         raise ValueError(f"--input must be among {INPUTS}, got {input_mode!r}")
     kwargs = {"png": {"arrays": "png"}, "raw": {}, "shm": {"shared_memory": True}}[input_mode]
-    stats_client = grpcclient.InferenceServerClient(url)
-    try:
-        with BoxInstClient(url, timeout_s=timeout_s, raw_model=raw_model, **kwargs) as client:
-            served = client.model if input_mode == "png" else client.raw_model
-            models = [served] + _steps(stats_client, served)
-            for _ in range(warmup):
-                client.segment(frame)
-                in_process(frame)
-            before = _stats(stats_client, models)
-            lat, inproc, enc, call, dec = [], [], [], [], []
-            stages = {k: [] for k in STAGES}
-            dets = 0
+    with BoxInstClient(url, timeout_s=timeout_s, raw_model=raw_model, **kwargs, **(client_kwargs or {})) as client:
+        stats_client = client._client  # its tritonclient: TLS and the API key plugin included
+        served = client.model if input_mode == "png" else client.raw_model
+        models = [served] + _steps(stats_client, served)
+        for _ in range(warmup):
+            client.segment(frame)
+            in_process(frame)
+        before = _stats(stats_client, models)
+        lat, inproc, enc, call, dec = [], [], [], [], []
+        stages = {k: [] for k in STAGES}
+        dets = 0
 
-            def run_in_process() -> None:
-                t0 = time.perf_counter()
-                _, parts = in_process(frame)
-                inproc.append(time.perf_counter() - t0)
-                for k in STAGES:
-                    stages[k].append(parts[k])
+        def run_in_process() -> None:
+            t0 = time.perf_counter()
+            _, parts = in_process(frame)
+            inproc.append(time.perf_counter() - t0)
+            for k in STAGES:
+                stages[k].append(parts[k])
 
-            for i in range(iters):
-                if i % 2:  # each path follows the other equally often
-                    run_in_process()
-                t0 = time.perf_counter()
-                inst = client.segment(frame)
-                lat.append(time.perf_counter() - t0)
-                timing = client.last_timing
-                enc.append(timing["encode_s"])
-                call.append(timing["infer_s"])
-                dec.append(timing["decode_s"])
-                dets = len(inst)
-                if not i % 2:
-                    run_in_process()
-            after = _stats(stats_client, models)
-    finally:
-        stats_client.close()
+        for i in range(iters):
+            if i % 2:  # each path follows the other equally often
+                run_in_process()
+            t0 = time.perf_counter()
+            inst = client.segment(frame)
+            lat.append(time.perf_counter() - t0)
+            timing = client.last_timing
+            enc.append(timing["encode_s"])
+            call.append(timing["infer_s"])
+            dec.append(timing["decode_s"])
+            dets = len(inst)
+            if not i % 2:
+                run_in_process()
+        after = _stats(stats_client, models)
     delta = {m: {k: after[m][k] - before[m][k] for k in after[m]} for m in models}
     n = max(delta[served]["count"], 1.0)
     server_ms = delta[served]["success_ns"] / n / 1e6

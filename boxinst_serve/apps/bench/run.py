@@ -321,11 +321,11 @@ def bench_server(url: str, repository: str | Path, image: str | Path | None = No
 
 def bench_frames(url: str, repository: str | Path, inputs: str, frames: Sequence[tuple[int, int]],
                  image: str | Path | None = None, iters: int = 30, warmup: int = 3, threads: int = 0,
-                 raw_model: str | None = None) -> BenchOutput:
+                 raw_model: str | None = None, client_kwargs: dict | None = None) -> BenchOutput:
     """Camera frames through a running server by input path (inputs: comma-separated png, raw,
     shm): latency and where it goes, against the in-process latency of the same work in the same
     run (boxinst_serve.apps.bench.frames). frames: (h, w) sizes; `image` resized to each, else
-    random pixels."""
+    random pixels. client_kwargs: BoxInstClient's TLS and key keywords for a secured server."""
     from boxinst_serve.apps.bench.frames import (INPUTS, format_budget, frame_of, in_process_runner, measure_budget,
                                                  served_engine_settings)
 
@@ -333,13 +333,14 @@ def bench_frames(url: str, repository: str | Path, inputs: str, frames: Sequence
     bad = [m for m in modes if m not in INPUTS]
     if bad or not modes:
         raise ValueError(f"--input takes one or more of {', '.join(INPUTS)} (comma-separated), got {inputs!r}")
-    settings = served_engine_settings(url)  # the in-process run uses the served engine's settings
+    settings = served_engine_settings(url, client_kwargs)  # the in-process run uses the served engine's settings
     in_process = in_process_runner(repository, threads=threads or settings["threads"], spinning=settings["spinning"])
     rows = []
     for hw in frames:
         frame = frame_of(hw, image)
         for mode in modes:
-            rows.append(measure_budget(url, frame, mode, in_process, iters=iters, warmup=warmup, raw_model=raw_model))
+            rows.append(measure_budget(url, frame, mode, in_process, iters=iters, warmup=warmup, raw_model=raw_model,
+                                       client_kwargs=client_kwargs))
     header = (f"server {url}; repository {repository}; {iters} requests per row at concurrency 1, alternating with "
               f"in-process runs (ONNX Runtime threads {threads or settings['threads'] or 'default'}, "
               f"spinning {'on' if settings['spinning'] else 'off'}, as served)")
