@@ -6,7 +6,9 @@ single-process `boxinst video`, spread over the workers of a Ray cluster (Ray Co
   That is the resume that survives the driver, the head node or the whole cluster going away: it
   needs no Ray state.
 - Workers: `workers` Ray actors, each with `num_gpus=gpus_per_worker` and
-  `num_cpus=cpus_per_worker` (decode and writer threads, CPU inference). Each builds its predictor
+  `num_cpus=cpus_per_worker` (decode and writer threads; a .pt model's torch threads follow it, a
+  .onnx model's ONNX Runtime threads are PredictorSpec.threads, by default ONNX Runtime's own, as
+  in the single process, whose outputs they then equal byte for byte on one node). Each builds its predictor
   once (PredictorSpec: an engine loaded in the actor, or one client to a Triton server on its node)
   and runs boxinst_serve.apps.video.pipeline.process_video on one whole video per call. No frame crosses the
   object store: workers read the videos and write OUT/<video>/ themselves, so inputs, model and
