@@ -112,8 +112,9 @@ class TritonServer:
         env = os.environ.copy()
         # The stub runs the first python3 on PATH: this interpreter's, with this package installed.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        # Make the repository's Python models import this very checkout (editable or not).
-        pkg_root = str(Path(__file__).resolve().parents[1])
+        # Make the repository's Python models import this very boxinst_serve: the folder that holds
+        # it (a checkout, site-packages, a `pip install --target` folder) goes first on their path.
+        pkg_root = str(Path(__file__).resolve().parents[2])  # .../boxinst_serve/serving/server.py
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # Each step runs in its own stub process: keep their thread pools from oversubscribing.
         env.setdefault("OMP_NUM_THREADS", "1")
