@@ -24,7 +24,7 @@ import numpy as np
 
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.measure import machine_description
-from boxinst_serve.serving.server import TritonServer, free_port
+from boxinst_serve.serving.server import TritonServer
 from boxinst_serve.serving.processes import server_stubs
 from boxinst_serve.serving.supervisor import Supervisor, SupervisorSettings
 
@@ -108,7 +108,8 @@ def main() -> int:
         cv2.rectangle(frame, (60, 50), (200, 170), (200, 60, 60), -1)
     data = cv2.imencode(".png", frame)[1].tobytes()
     print(f"machine: {machine_description()}; repository {args.repository}; concurrency {args.concurrency}")
-    server = TritonServer(Path(args.repository), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    # ports of 0: free ones, chosen by start() (again if another process takes one first)
+    server = TritonServer(Path(args.repository), grpc_port=0, http_port=0, metrics_port=0)
     server.start(240)
     try:
         for retry_s in (0.0, 15.0):

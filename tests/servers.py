@@ -3,6 +3,7 @@ wheel) for the tests that talk to one."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -30,26 +31,32 @@ def repository_copy(dest: Path) -> Path:
 
 @contextlib.contextmanager
 def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
-    """`boxinst serve --repository repo` on free localhost ports, logs under root. Yields
-    {"url", "proc", "log"}; on exit stops it with SIGINT and asserts it exited 0."""
+    """`boxinst serve --repository repo` on ports it chooses (0: free ports, chosen again if another
+    process takes one first), logs under root. Yields {"url", "proc", "log"}; on exit stops it
+    with SIGINT and asserts it exited 0."""
     from boxinst_serve.client import BoxInstClient
-    from boxinst_serve.serving.server import free_port
 
-    ports = [free_port() for _ in range(3)]
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
-                             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
-                             "--metrics-port", str(ports[2]), "--log", str(root / "tritonserver.log")],
+                             "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+                             "--log", str(root / "tritonserver.log")],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    url = f"127.0.0.1:{ports[0]}"
+
+    def fail(why: str):
+        proc.kill()
+        tail = (root / "tritonserver.log").read_text()[-5000:] if (root / "tritonserver.log").exists() else ""
+        pytest.fail(f"boxinst serve {why}:\n{log.read_text()}\n{tail}")
+
+    # Once every model is ready it prints its endpoints: "boxinst serving REPO: gRPC HOST:PORT, ..."
     deadline = time.monotonic() + ready_timeout_s
+    while (found := re.search(r"^boxinst serving .*: gRPC (\S+), HTTP", log.read_text(), re.MULTILINE)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            fail(f"did not come up in {ready_timeout_s:.0f} s")
+        time.sleep(0.2)
+    url = found.group(1)
     with BoxInstClient(url, timeout_s=30) as probe:
-        while not probe.is_ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                tail = (root / "tritonserver.log").read_text()[-5000:] if (root / "tritonserver.log").exists() else ""
-                pytest.fail(f"boxinst serve did not come up:\n{log.read_text()}\n{tail}")
-            time.sleep(0.5)
+        if not probe.is_ready():
+            fail(f"said it serves on {url}, which is not ready")
     try:
         yield {"url": url, "proc": proc, "log": log}
     finally:

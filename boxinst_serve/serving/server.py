@@ -7,8 +7,10 @@ interpreter's bin folder first on PATH, so the stub's `python3` imports this pac
 dependencies. Binds to 127.0.0.1 unless told otherwise."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -60,15 +62,41 @@ def build_backend_dir(dest: Path) -> Path:
     return dest
 
 
+# A port chosen for the server (a port of 0) can be taken by another process before tritonserver
+# binds it, which it does only after loading every model (seconds): start() then chooses again.
+PORT_ATTEMPTS = 3
+_BIND_FAILURE = re.compile(r"failed to start (\w+) service: .*Socket '(.*):(\d+)' already in use")
+
+
+class PortTaken(ServerError):
+    """A port of the server is in use by another process (carries the port)."""
+
+    def __init__(self, message: str, port: int):
+        super().__init__(message)
+        self.port = port
+
+
+def free_ports(hosts: list[str]) -> list[int]:
+    """One port for each host that nothing is bound to now, all different (bound at once). Only a
+    hint: another process may bind it before the caller does; a TritonServer with ports of 0
+    chooses its own and chooses again when that happens."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET)) for h in hosts]
+        for s, host in zip(socks, hosts):
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that nothing is bound to on host now (a hint: see free_ports)."""
+    return free_ports([host])[0]
 
 
 @dataclass
 class TritonServer:
-    """A running tritonserver. Use as a context manager or call stop()."""
+    """A running tritonserver. Use as a context manager or call stop(). A port of 0: any free port,
+    chosen by start() (again if another process takes it before tritonserver binds it) and kept by
+    restart()."""
 
     repository: Path
     host: str = "127.0.0.1"
@@ -120,7 +148,14 @@ class TritonServer:
         env.setdefault("OMP_NUM_THREADS", "1")
         return env
 
+    def _endpoints(self) -> list[tuple[str, str]]:
+        """(port attribute, host) of gRPC, HTTP and metrics."""
+        return [("grpc_port", self.host), ("http_port", self.http_host), ("metrics_port", self.metrics_host)]
+
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
+        """Start tritonserver and wait (up to timeout_s for each try) until every model is ready.
+        Ports of 0 are chosen here, and chosen again (PORT_ATTEMPTS tries) when another process
+        takes one first; a port given is used or refused (ServerError)."""
         repo = Path(self.repository).resolve()
         self.repository = repo
         missing = [m for m in REQUIRED_MODELS if not (repo / m / "config.pbtxt").is_file()]
@@ -128,11 +163,26 @@ class TritonServer:
             # The export writes the network and adds the ensembles and steps that this package carries.
             raise ServerError(f"{repo} is not a boxinst model repository: missing {', '.join(missing)} (write "
                               "it with `boxinst export --checkpoint CKPT --triton REPOSITORY`)")
-        for host, port in ((self.host, self.grpc_port), (self.http_host, self.http_port),
-                           (self.metrics_host, self.metrics_port)):
+        chosen = [(name, host) for name, host in self._endpoints() if getattr(self, name) == 0]
+        attempt = 1
+        while True:
+            for (name, _), port in zip(chosen, free_ports([h for _, h in chosen]) if chosen else []):
+                setattr(self, name, port)
+            try:
+                return self._start_once(timeout_s)
+            except PortTaken as e:
+                if e.port not in {getattr(self, name) for name, _ in chosen} or attempt == PORT_ATTEMPTS:
+                    raise
+                attempt += 1
+                log.warning("%s: choosing free ports again (try %d of %d)", e, attempt, PORT_ATTEMPTS)
+
+    def _start_once(self, timeout_s: float) -> "TritonServer":
+        """One start on the ports set; PortTaken when one of them is in use, before or at its bind."""
+        for name, host in self._endpoints():
+            port = getattr(self, name)
             with socket.socket() as s:
                 if s.connect_ex((host if host not in WILDCARD_HOSTS else "127.0.0.1", port)) == 0:
-                    raise ServerError(f"port {port} on {host} is already in use")
+                    raise PortTaken(f"port {port} on {host} is already in use", port)
         self.steps_died = 0
         self._workdir = tempfile.TemporaryDirectory(prefix="boxinst-serve-")
         backend_dir = build_backend_dir(Path(self._workdir.name) / "backends")
@@ -140,6 +190,7 @@ class TritonServer:
             self.log_path = Path(self._workdir.name) / "tritonserver.log"
             self._log_in_workdir = True
         log_file = open(self.log_path, "ab")
+        log_start = log_file.tell()  # this start's part of a log that may hold earlier ones
         log.info("starting tritonserver on %s (gRPC %d, HTTP %d, metrics %d), log %s", self.host, self.grpc_port,
                  self.http_port, self.metrics_port, self.log_path)
         self.process = subprocess.Popen(self.command(backend_dir), env=self.environment(), stdout=log_file,
@@ -147,10 +198,33 @@ class TritonServer:
         log_file.close()
         try:
             self.wait_ready(timeout_s)
-        except BaseException:
+        except BaseException as e:
+            taken = self._bind_failure(log_start) if isinstance(e, ServerError) else None
+            # Steps loaded before a failed bind outlive the server for a moment: their regions are
+            # removed with them (measured: 5 left in /dev/shm per failed start otherwise).
+            self._regions.update(s.shm_region for s in server_stubs(self.process.pid).values())
             self.stop()
+            if taken is not None:
+                raise taken from e
             raise
         return self
+
+    def _bind_failure(self, log_start: int) -> PortTaken | None:
+        """PortTaken if tritonserver exited because a port was in use at its bind (its log says so)."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        m = _BIND_FAILURE.search(text)
+        if m is None:
+            return None
+        service, host, port = m.group(1), m.group(2), int(m.group(3))
+        return PortTaken(f"port {port} on {host} ({service}) was taken by another process before tritonserver "
+                         f"bound it", port)
 
     def served_models(self) -> tuple[str, ...]:
         repo = Path(self.repository)
