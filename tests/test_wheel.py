@@ -23,14 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pip", reason="pip builds and installs the wheel")
-pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships the tritonserver binary")
-pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the client extra)")
-
-from boxinst_serve.client import BoxInstClient  # noqa: E402
-from boxinst_serve.protocol import FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS  # noqa: E402
-from boxinst_serve.serving.server import free_port  # noqa: E402
-from export.triton import PACKAGED_MODELS  # noqa: E402
+from boxinst_serve.client import BoxInstClient
+from boxinst_serve.protocol import FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
+from boxinst_serve.serving.server import free_port
+from export.triton import PACKAGED_MODELS, add_packaged_models
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("boxinst_serve", "training", "export")
@@ -74,9 +70,25 @@ def installed_env(site: Path | None) -> dict[str, str]:
     return env
 
 
+def test_export_adds_the_packaged_models_a_repository_lacks_and_keeps_a_users_edit(tmp_path, caplog):
+    repo = tmp_path / "repository"
+    edited = repo / "boxinst_preprocess_raw" / "config.pbtxt"
+    edited.parent.mkdir(parents=True)
+    edited.write_text("# my max_pixels\n")
+    with caplog.at_level("INFO", logger="export.triton"):
+        written = add_packaged_models(repo)
+    assert packaged_files(repo) == packaged_files(ROOT / "model_repository")
+    assert {str(p.relative_to(repo)) for p in written} == packaged_files(repo) - {"boxinst_preprocess_raw/config.pbtxt"}
+    assert edited.read_text() == "# my max_pixels\n"
+    assert any(r.levelname == "WARNING" and "boxinst_preprocess_raw/config.pbtxt" in r.getMessage()
+               for r in caplog.records), caplog.text
+    assert add_packaged_models(repo) == []  # complete: nothing more to add
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     """The wheel built from a copy of the tree and installed with --no-deps into TMP/site."""
+    pytest.importorskip("pip", reason="pip builds and installs the wheel")
     tmp = tmp_path_factory.mktemp("wheel")
     src = copy_tree_as_cloned(tmp / "src")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -130,7 +142,14 @@ def test_the_wheel_carries_every_module_and_only_the_committed_repository_files(
     assert "boxinst = boxinst_serve.cli:main" in entry_points.read_text()
 
 
-def test_export_serve_and_segment_from_the_installed_wheel(installed, trained_lite, tiny_shapes):
+@pytest.fixture(scope="session")
+def serve_extra() -> None:
+    """Skips (a failure under BOXINST_REQUIRE_ALL) before anything is trained where serving is not installed."""
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships the tritonserver binary")
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the client extra)")
+
+
+def test_export_serve_and_segment_from_the_installed_wheel(serve_extra, installed, trained_lite, tiny_shapes):
     site, work = installed["site"], installed["work"]
     repo = work / "repository"  # does not exist yet: export makes a complete one
     export = run_installed(["-m", "boxinst_serve.cli", "export", "--checkpoint", str(trained_lite),
