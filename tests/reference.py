@@ -15,6 +15,8 @@ whatever they do, and only catches transport bugs. This one shares no code with 
   `prepare_for`), the engine (torch here; ONNX Runtime in the server), box rescaling, mask pasting
   and thresholding (`paste_mask_rois`, `to_instances`, `instances_for`) and RLE encoding (the
   product's own run-length code; pycocotools encodes the dense masks here).
+- OnnxReference, for a graph the torch model cannot stand for (the INT8 graph), shares that graph
+  and ONNX Runtime with the server, on a plain InferenceSession (not boxinst_serve's engine).
 
 Pre-processing (DESIGN.md, "Network contract" and "Triton repository contract"): the shorter side
 scaled to min_size_test with the longer side capped at max_size_test (one scale; "opencv" mode:
@@ -41,8 +43,9 @@ from boxinst_serve.results import Instances
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> RGB uint8 [H, W, 3] with PIL (EXIF orientation applied; 16-bit
-    samples scaled by 1/257 and rounded; alpha dropped, gray replicated)."""
+    """Encoded PNG/JPEG bytes -> RGB uint8 [H, W, 3] with PIL (EXIF orientation applied; alpha
+    dropped, gray replicated; 16-bit gray scaled by 1/257 and rounded, 16-bit colour cut to its
+    high byte by PIL: the same where the samples are multiples of 257, as in the tests)."""
     from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as im:
@@ -127,22 +130,54 @@ def reference_instances(outputs: dict[str, np.ndarray], cfg: ModelConfig, orig_h
                      class_names=list(cfg.class_names), _masks=masks)
 
 
-class TorchReference:
-    """reference(image) -> Instances: the checkpoint's torch model on the single image, pre- and
-    post-processed as this module's docstring says. image: encoded bytes or RGB uint8 [H, W, 3]."""
+class Reference:
+    """reference(image) -> Instances: `net` (uint8 [1, Hp, Wp, 3] -> the contract's outputs as
+    numpy) on the single image, pre- and post-processed as this module's docstring says.
+    image: encoded bytes or RGB uint8 [H, W, 3]."""
+
+    def __init__(self, net, config: ModelConfig):
+        self.net, self.config = net, config
+
+    def __call__(self, image: bytes | np.ndarray) -> Instances:
+        image = decode_rgb(image) if isinstance(image, (bytes, bytearray)) else image
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (image.dtype, image.shape)
+        batch, resized_hw = reference_input(image, self.config)
+        return reference_instances(self.net(batch), self.config, image.shape[:2], resized_hw)
+
+
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")  # DESIGN.md's network contract
+
+
+class TorchReference(Reference):
+    """The checkpoint's torch model (CondInst and its decoding), on the CPU."""
 
     def __init__(self, checkpoint: str | os.PathLike):
         from boxinst_serve.checkpoint import load_model
         from boxinst_serve.model.detect import InferenceModel
 
-        self.net = InferenceModel(load_model(checkpoint)).eval()
-        self.config: ModelConfig = self.net.cfg
+        model = InferenceModel(load_model(checkpoint)).eval()
 
-    @torch.inference_mode()
-    def __call__(self, image: bytes | np.ndarray) -> Instances:
-        image = decode_rgb(image) if isinstance(image, (bytes, bytearray)) else image
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (image.dtype, image.shape)
-        batch, resized_hw = reference_input(image, self.config)
-        names = ("num_detections", "boxes", "scores", "classes", "masks")  # DESIGN.md's contract order
-        outputs = {k: t.numpy() for k, t in zip(names, self.net(torch.from_numpy(batch)))}
-        return reference_instances(outputs, self.config, image.shape[:2], resized_hw)
+        @torch.inference_mode()
+        def net(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return {k: t.numpy() for k, t in zip(OUTPUTS, model(torch.from_numpy(batch)))}
+
+        super().__init__(net, model.cfg)
+
+
+class OnnxReference(Reference):
+    """An ONNX graph on a plain onnxruntime.InferenceSession (not the product's engine), e.g. the
+    INT8 graph a server runs, whose answers the fp32 torch model cannot reproduce; the config is
+    the checkpoint's it was exported from."""
+
+    def __init__(self, onnx_path: str | os.PathLike, checkpoint: str | os.PathLike):
+        import onnxruntime as ort
+
+        from boxinst_serve.checkpoint import load_checkpoint
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def net(batch: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(OUTPUTS, session.run(list(OUTPUTS), {name: batch})))
+
+        super().__init__(net, load_checkpoint(checkpoint)["model_config"])

@@ -369,13 +369,13 @@ def test_int8_accuracy_feeds_engines_what_serving_feeds_them(tiny_shapes):
 def test_the_served_int8_model_answers_as_the_int8_engine_in_process(confident_lite, tiny_shapes, tmp_path):
     """`boxinst export --triton --flavour cpu --int8`, then `boxinst serve`: encoded images and raw
     frames (landscape and portrait crops too) get what the served INT8 graph gives in process on
-    the single image (load_engine, prepare_for, instances_for)."""
+    the single image, pre- and post-processed by tests/reference.py (no code shared with the
+    server's steps: prepare_for, instances_for)."""
     pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships the tritonserver binary")
     pytest.importorskip("tritonclient.grpc")
     from boxinst_serve.client import BoxInstClient
-    from boxinst_serve.postprocess import instances_for
-    from boxinst_serve.preprocess import prepare_for
     from export.quantize import quantization_info
+    from tests.reference import OnnxReference
     from tests.servers import assert_same, encode, repository_copy, running_server
 
     repo = repository_copy(tmp_path / "model_repository")
@@ -383,13 +383,11 @@ def test_the_served_int8_model_answers_as_the_int8_engine_in_process(confident_l
                  "--calibration", tiny_shapes["train"], "--calibration-images", "8"]) == 0
     graph = repo / "boxinst_net" / "1" / "model.onnx"
     assert quantization_info(graph) is not None  # the INT8 QDQ graph is what is served
-    engine = load_engine(graph)
-    cfg = engine.config
+    reference = OnnxReference(graph, confident_lite)
     frames = _images(tiny_shapes, 3)
     frames += [np.ascontiguousarray(frames[0][20:108]), np.ascontiguousarray(frames[1][:, 30:90])]
     with running_server(repo, tmp_path) as server, BoxInstClient(server["url"], timeout_s=60) as client:
         for frame in frames:
-            batch, metas = prepare_for(cfg, [frame])
-            want = instances_for(cfg, engine(batch), 0, metas[0])
+            want = reference(frame)
             assert_same(client.segment(encode(frame, ".png")), want)
             assert_same(client.segment(frame), want)  # raw frame, the one-process model

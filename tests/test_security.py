@@ -56,7 +56,7 @@ def secured(trained_lite, lite_onnx, tiny_shapes, certs, tmp_path_factory):
     """One server: TLS with a client CA (mutual) and an API key (from a file)."""
     from export.triton import write_triton_net
 
-    from boxinst_serve.engines import load_engine
+    from tests.reference import TorchReference
     from tests.servers import repository_copy
 
     root = tmp_path_factory.mktemp("secured")
@@ -71,7 +71,7 @@ def secured(trained_lite, lite_onnx, tiny_shapes, certs, tmp_path_factory):
     server.start(240)  # its own readiness checks go over mutual TLS with the key
     try:
         yield {"server": server, "url": server.grpc_url, "repo": repo,
-               "engine": load_engine(repo / "boxinst_net" / "1" / "model.onnx"),
+               "reference": TorchReference(trained_lite),
                "images": sorted(Path(tiny_shapes["images"]).glob("*.png"))[:2]}
     finally:
         server.stop()
@@ -91,13 +91,9 @@ def raw_client(secured, certs, client_cert: bool = True):
 
 
 def reference(secured, data: bytes):
-    """The model in process (ONNX Runtime), as tests/test_serving.py's reference."""
-    from boxinst_serve.postprocess import instances_for
-    from boxinst_serve.preprocess import decode_image, prepare_for
-
-    cfg = secured["engine"].config
-    batch, metas = prepare_for(cfg, [decode_image(data)])
-    return instances_for(cfg, secured["engine"](batch), 0, metas[0])
+    """The checkpoint's torch model on the single image, pre- and post-processed by
+    tests/reference.py (no code shared with the server's steps), as tests/test_serving.py's."""
+    return secured["reference"](data)
 
 
 # -- no server -------------------------------------------------------------------------------------

@@ -25,11 +25,10 @@ pytest.importorskip("pytriton", reason="nvidia-pytriton (the serve extra) ships 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from boxinst_serve.client import AsyncBoxInstClient, BoxInstClient, BoxInstError, BoxInstTimeout  # noqa: E402
-from boxinst_serve.engines import load_engine  # noqa: E402
 from boxinst_serve.protocol import FUSED_RAW_MODEL, RAW_MODEL  # noqa: E402
-from boxinst_serve.postprocess import instances_for  # noqa: E402
-from boxinst_serve.preprocess import decode_image, prepare_for  # noqa: E402
+from boxinst_serve.preprocess import decode_image  # noqa: E402
 from boxinst_serve.serving.server import free_port  # noqa: E402
+from tests.reference import TorchReference  # noqa: E402
 from tests.servers import assert_same, encode, repository_copy, running_server  # noqa: E402
 from boxinst_serve.config import CONTRACT_VERSION  # noqa: E402
 from boxinst_serve.serving import ServingConfig  # noqa: E402
@@ -57,7 +56,7 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
     with running_server(repo, root) as server:
         client = BoxInstClient(server["url"], timeout_s=30)
         yield {**server, "client": client, "repo": repo, "serving": ServingConfig.load(repo),
-               "engine": load_engine(repo / "boxinst_net" / "1" / "model.onnx"),
+               "reference": TorchReference(trained_lite),
                "images": sorted(Path(tiny_shapes["images"]).glob("*.png"))}
         # Every test's shared memory is unregistered and unlinked (checked after the server is
         # stopped, so that a failure here never leaves the server running).
@@ -72,13 +71,10 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
 
 
 def reference(served, image):
-    """The model on the single image, in process: the exported graph on ONNX Runtime, prepare_for,
-    instances_for (what `boxinst segment --model model.onnx` does), not the server's own steps.
-    image: encoded bytes or an RGB uint8 array."""
-    cfg = served["engine"].config
-    image = decode_image(image) if isinstance(image, bytes) else image
-    batch, metas = prepare_for(cfg, [image])
-    return instances_for(cfg, served["engine"](batch), 0, metas[0])
+    """The checkpoint's torch model on the single image, with pre- and post-processing written in
+    tests/reference.py from SPEC.md: no code shared with the server's steps (prepare_for,
+    instances_for), so that a bug in them fails here. image: encoded bytes or an RGB uint8 array."""
+    return served["reference"](image)
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])

@@ -75,25 +75,22 @@ def assert_same_records(got: list[dict], ref: list[dict]) -> None:
                                        atol=0.1)
 
 
-def test_batched_frames_give_the_single_frame_answers(clip, full_run, onnx_model):
+def test_batched_frames_give_the_single_frame_answers(clip, full_run, trained_lite):
     """--batch-size 4 (the frames of a video share one size, so a batch pads nothing extra): every
-    frame's instances are the model's on that single frame (load_engine, prepare_for,
-    instances_for), within the records' rounding."""
+    frame's instances are the model's on that single frame, within the records' rounding: the
+    checkpoint's torch model, pre- and post-processed by tests/reference.py (no code shared with
+    the command's prepare_for and instances_for). The --url runs are compared with this run."""
     from pycocotools import mask as mask_utils
 
-    from boxinst_serve.engines import load_engine
-    from boxinst_serve.postprocess import instances_for
-    from boxinst_serve.preprocess import prepare_for
+    from tests.reference import TorchReference
 
-    engine = load_engine(onnx_model)
-    cfg = engine.config
+    reference = TorchReference(trained_lite)
     cap = cv2.VideoCapture(str(clip))
     compared = 0
     for rec in read_lines(full_run / JSONL):
         ok, bgr = cap.read()
         assert ok
-        batch, metas = prepare_for(cfg, [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])
-        want = instances_for(cfg, engine(batch), 0, metas[0])
+        want = reference(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         got = rec["instances"]
         assert len(got) == len(want), rec["frame"]
         if not got:
