@@ -16,6 +16,7 @@ import pytest
 from tests.servers import assert_same, encode
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from boxinst_serve.client import AsyncBoxInstClient, BoxInstClient, BoxInstError  # noqa: E402
 from boxinst_serve.protocol import API_KEY_ENV, API_KEY_HEADER, GRPC_API_KEY_HEADER, NET_MODEL  # noqa: E402
@@ -23,6 +24,12 @@ from boxinst_serve.serving.security import RESTRICTED_PROTOCOLS, Security, check
 from boxinst_serve.serving.server import TritonServer, free_port, which_tritonserver  # noqa: E402
 
 KEY = "k3y:with=odd,chars!"  # ':', '=' and ',' survive Triton's flag parsing (serving/security.py)
+# The deadline of a call that must answer (metadata, health): far over the milliseconds it takes, so
+# that a slow machine never turns an answer into a timeout (issue 27); a refusal is told from a
+# timeout by its message.
+CALL_S = 30
+# What a client without a certificate gets from a server that asks for one (not a timeout).
+HANDSHAKE_REFUSED = "StatusCode.UNAVAILABLE"
 needs_server = pytest.mark.skipif(which_tritonserver() is None, reason="no tritonserver binary (nvidia-pytriton)")
 
 
@@ -66,8 +73,7 @@ def secured(trained_lite, lite_onnx, tiny_shapes, certs, tmp_path_factory):
     key_file.write_text(f"  {KEY}\n")
     security = Security.load(tls_cert=certs["server.pem"], tls_key=certs["server.key"],
                              tls_client_ca=certs["ca.pem"], api_key_file=key_file)
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                          security=security)
+    server = TritonServer(repo, grpc_port=0, http_port=0, metrics_port=0, security=security)
     server.start(240)  # its own readiness checks go over mutual TLS with the key
     try:
         yield {"server": server, "url": server.grpc_url, "repo": repo,
@@ -202,8 +208,8 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(secured, certs):
         with pytest.raises(BoxInstError, match="certificate_chain"):
             client.segment(secured["images"][0])
     health = raw_client(secured, certs, client_cert=False)
-    with pytest.raises(Exception):  # noqa: B017 - not even health without a client certificate
-        health.is_server_live(client_timeout=5)
+    with pytest.raises(InferenceServerException, match=HANDSHAKE_REFUSED):  # not even health
+        health.is_server_live(client_timeout=CALL_S)
     health.close()
 
 
@@ -225,24 +231,24 @@ def test_the_api_key_guards_everything_but_health(secured, certs, monkeypatch):
 
     c = raw_client(secured, certs)
     good = {GRPC_API_KEY_HEADER: KEY}
-    assert c.is_server_live(client_timeout=5) and c.is_server_ready(client_timeout=5)
-    assert c.is_model_ready(NET_MODEL, client_timeout=5)
-    for call in (lambda h: c.get_inference_statistics(headers=h, client_timeout=5),
-                 lambda h: c.get_model_config(NET_MODEL, headers=h, client_timeout=5),
-                 lambda h: c.get_model_repository_index(headers=h, client_timeout=5),
-                 lambda h: c.get_server_metadata(headers=h, client_timeout=5),
-                 lambda h: c.get_system_shared_memory_status(headers=h, client_timeout=5)):
-        with pytest.raises(Exception, match="restricted"):
+    assert c.is_server_live(client_timeout=CALL_S) and c.is_server_ready(client_timeout=CALL_S)
+    assert c.is_model_ready(NET_MODEL, client_timeout=CALL_S)
+    for call in (lambda h: c.get_inference_statistics(headers=h, client_timeout=CALL_S),
+                 lambda h: c.get_model_config(NET_MODEL, headers=h, client_timeout=CALL_S),
+                 lambda h: c.get_model_repository_index(headers=h, client_timeout=CALL_S),
+                 lambda h: c.get_server_metadata(headers=h, client_timeout=CALL_S),
+                 lambda h: c.get_system_shared_memory_status(headers=h, client_timeout=CALL_S)):
+        with pytest.raises(InferenceServerException, match="restricted"):
             call(None)
         call(good)
     name = f"boxinst_sectest_{free_port()}"
     handle = shm.create_shared_memory_region(name, "/" + name, 64)
     try:
-        with pytest.raises(Exception, match="restricted"):
-            c.register_system_shared_memory(name, "/" + name, 64, client_timeout=5)
-        c.register_system_shared_memory(name, "/" + name, 64, headers=good, client_timeout=5)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            c.register_system_shared_memory(name, "/" + name, 64, client_timeout=CALL_S)
+        c.register_system_shared_memory(name, "/" + name, 64, headers=good, client_timeout=CALL_S)
         assert name in c.get_system_shared_memory_status(as_json=True, headers=good)["regions"]
-        c.unregister_system_shared_memory(name, headers=good, client_timeout=5)
+        c.unregister_system_shared_memory(name, headers=good, client_timeout=CALL_S)
     finally:
         shm.destroy_shared_memory_region(handle)
         c.close()
@@ -264,15 +270,17 @@ def test_the_api_key_guards_everything_but_health(secured, certs, monkeypatch):
     # HTTP (loopback only, no TLS in 2.51) checks the same key; its health is open too.
     server = secured["server"]
     base = f"http://{server.http_host}:{server.http_port}"
-    assert urllib.request.urlopen(f"{base}/v2/health/ready", timeout=5).status == 200
+    assert urllib.request.urlopen(f"{base}/v2/health/ready", timeout=CALL_S).status == 200
     with pytest.raises(urllib.error.HTTPError, match="403"):
-        urllib.request.urlopen(f"{base}/v2/models/stats", timeout=5)
+        urllib.request.urlopen(f"{base}/v2/models/stats", timeout=CALL_S)
     req = urllib.request.Request(f"{base}/v2/models/stats", headers={API_KEY_HEADER: KEY})
-    assert urllib.request.urlopen(req, timeout=5).status == 200
+    assert urllib.request.urlopen(req, timeout=CALL_S).status == 200
 
     # The server's own client (readiness, the supervisor) connects over mutual TLS with the key.
     own = server.grpc_client()
     try:
-        assert own.get_inference_statistics(NET_MODEL, client_timeout=5)
+        stats = own.get_inference_statistics(NET_MODEL, as_json=True, client_timeout=CALL_S)["model_stats"]
+        assert [m["name"] for m in stats] == [NET_MODEL]
+        assert int(stats[0]["inference_stats"]["success"]["count"]) > 0  # the inferences above
     finally:
         own.close()
