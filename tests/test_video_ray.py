@@ -326,3 +326,34 @@ def test_default_flags_give_each_worker_the_single_process_threads(monkeypatch, 
     with pytest.raises(_Loaded):
         specs[0]()
     assert loads[0] == loads[1] and loads[0][2] == {"threads": 3}
+
+
+def test_a_worker_still_restarting_is_asked_again_then_retired_at_the_deadline(monkeypatch):
+    """A dead worker's restart can take seconds on a loaded machine; until then its info() fails
+    with ActorUnavailableError ("The actor is restarting"). The driver asks again rather than
+    retiring it (which failed every video of a 1-worker run), until --start-timeout after the death.
+    No Ray: the driver's handler is called with fakes."""
+    from collections import deque
+
+    from boxinst_serve.apps.video import ray as ray_app
+
+    class Actor:
+        class info:  # noqa: N801 (Ray's actor.method.remote() shape)
+            @staticmethod
+            def remote():
+                return "asked again"
+
+    run = ray_app._Run([], None, RayConfig(workers=1, start_timeout_s=60), {}, False, None, {}, 0)
+    run.actors, run.stats = [Actor()], [{}]
+    run.restart_deadline[0] = time.monotonic() + 60
+    s = ray_app._Schedule(queue=deque(), idle=set(), pinned={0: "alpha"}, probing={"first ask": 0})
+
+    def restarting(ref):
+        raise ray.exceptions.ActorUnavailableError("The actor is restarting.", None)
+
+    monkeypatch.setattr(ray, "get", restarting)
+    run._on_restarted("first ask", s)
+    assert s.probing == {"asked again": 0} and s.pinned == {0: "alpha"} and not s.idle and not s.queue
+    run.restart_deadline[0] = time.monotonic() - 1  # past --start-timeout: retired, its video queued again
+    run._on_restarted("asked again", s)
+    assert not s.probing and not s.pinned and list(s.queue) == ["alpha"] and not s.idle

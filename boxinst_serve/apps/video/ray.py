@@ -349,6 +349,7 @@ class _Run:
                  skipped: int):
         self.tasks, self.make_predictor, self.cfg, self.options = pending, make_predictor, cfg, options
         self.progress, self.summary, self.reports, self.skipped = progress, summary, reports, skipped
+        self.restart_deadline: dict[int, float] = {}  # worker -> monotonic time its restart may take until
 
     def line(self, text: str) -> None:
         """One line per finished (or retried) video, above the bars."""
@@ -483,10 +484,23 @@ class _Run:
             info = ray.get(ref)
             self.stats[w].update(node=info["node"], pid=info["pid"], gpu_ids=info["gpu_ids"])
             s.idle.add(w)
+        except ray.exceptions.ActorUnavailableError:
+            # Still restarting (a loaded machine takes seconds to start its new process): ask again,
+            # until --start-timeout after its death, then retire it as below.
+            if time.monotonic() < self.restart_deadline.get(w, 0.0):
+                time.sleep(0.2)
+                s.probing[self.actors[w].info.remote()] = w
+            else:
+                self._retire(w, s, f"not back {self.cfg.start_timeout_s:g} s after its death")
         except ray.exceptions.RayActorError as e:
-            self.line(f"worker {w} retired: it could not be restarted ({_short(e)})")
-            if w in s.pinned:
-                s.queue.appendleft(s.pinned.pop(w))
+            self._retire(w, s, _short(e))
+
+    def _retire(self, w: int, s: _Schedule, why: str) -> None:
+        """Worker `w` could not be restarted: it never becomes idle again; its pinned video goes back
+        to the front of the queue."""
+        self.line(f"worker {w} retired: it could not be restarted ({why})")
+        if w in s.pinned:
+            s.queue.appendleft(s.pinned.pop(w))
 
     def _on_report(self, ref: Any, s: _Schedule) -> None:
         """A process() call returned: the video's report (an exception in the call is a failed
@@ -522,6 +536,7 @@ class _Run:
             s.pinned[w] = task
             self.line(f"retry    {Path(task.video).name}: worker {w} died ({_short(e)}); "
                       f"attempt {n + 1} of {self.cfg.max_attempts} resumes after its last line")
+        self.restart_deadline[w] = time.monotonic() + self.cfg.start_timeout_s
         s.probing[self.actors[w].info.remote()] = w
 
     def _close_progress(self, t0: float) -> None:
