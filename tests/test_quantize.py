@@ -15,6 +15,9 @@ from boxinst_serve.preprocess import prepare_batch, read_image
 
 pytest.importorskip("onnxruntime")
 
+# confident_lite's training threads: 1, which every machine has (and the count that once failed).
+TRAIN_THREADS = 1
+
 
 @pytest.fixture(scope="module")
 def exported(trained_lite, tmp_path_factory) -> Path:
@@ -36,7 +39,12 @@ def confident_lite(tiny_shapes, tmp_path_factory) -> Path:
     """A `lite` checkpoint with confident detections and real masks: mask-supervised (CondInst's
     dice loss) on 4 shapes images for 100 iterations. The 30-iteration box-only `trained_lite`
     has near-tied scores and empty masks, which cannot show whether INT8 keeps the same
-    detections and masks."""
+    detections and masks.
+    Trained on TRAIN_THREADS torch threads, whatever the machine's core count: the thread count
+    changes the float sums of training, and with them which of this small model's detections are
+    weak enough for INT8 to move (an unpinned run on 1 thread once moved one to box IoU 0.69)."""
+    import torch
+
     from boxinst_serve.config import lite
     from training.config import LossConfig, TrainConfig
     from training.trainer import train
@@ -50,8 +58,13 @@ def confident_lite(tiny_shapes, tmp_path_factory) -> Path:
     subset.write_text(json.dumps(data))
     cfg = TrainConfig.scaled(100, batch_size=2, min_sizes=(128,), max_size=160, num_workers=0, log_period=50,
                              loss=LossConfig(supervision="mask"))
-    return train(lite().replace(min_size_test=128, max_size_test=160), cfg, str(subset), root / "run",
-                 progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return train(lite().replace(min_size_test=128, max_size_test=160), cfg, str(subset), root / "run",
+                     progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _images(tiny_shapes, n: int) -> list[np.ndarray]:
@@ -207,15 +220,16 @@ def test_quantizing_an_int8_graph_again_is_refused(quantized, tiny_shapes, tmp_p
         quantize_onnx(quantized, [], tmp_path / "again.onnx")
 
 
-def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float = 0.02) -> tuple[list[str], dict]:
+def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float = 0.02,
+                       min_box_iou: float = 0.9) -> tuple[list[str], dict]:
     """Where two engines' contract outputs for the same batch disagree. Each detection of either
     with score >= min_score + margin is matched one to one to the other's detection of the same
-    class with the highest box IoU; it disagrees if that IoU is < 0.5 (a lost detection) or their
-    mask IoU is < 0.5 over at least 16 px (a lost mask). The mean matched box IoU and the pooled
-    mask IoU over all matched masks (counts["mean_box_iou"], counts["pooled_mask_iou"]) are for the
-    caller to bound: this 100-iteration model's weakest detections move under any rounding (one
-    at score 0.52 moved to box IoU 0.69, a 3-px mask became 9 px), and one pixel of a 7-px mask
-    moves its own IoU by 0.14; the training's thread count alone decides which ones.
+    class with the highest box IoU; it disagrees if that IoU is < `min_box_iou` (a moved or lost
+    detection) or their mask IoU is < 0.5 (a lost mask). The mean and least matched box IoU and
+    the pooled and least mask IoU (counts["mean_box_iou"], ["min_box_iou"], ["pooled_mask_iou"],
+    ["min_mask_iou"]) are for the caller to bound. Which of this 100-iteration model's weakest
+    detections INT8 moves depends on the trained weights, so on the training's thread count:
+    confident_lite pins it (TRAIN_THREADS).
     Near-ties are not disagreements, as in tests/test_export.py: a detection whose twin box is
     missing because the other engine's NMS kept an overlapping box (IoU >= 0.5) of the same class
     with a score within `margin` (a near-tied suppression that any rounding can flip); and mask
@@ -226,6 +240,7 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
     counts = {"detections": 0, "masks": 0, "nms_swaps": 0}
     inter_sum = union_sum = 0
     box_ious: list[float] = []
+    mask_ious: list[float] = []
     for ref, other in ((a, b), (b, a)):
         for i in range(len(ref["num_detections"])):
             unused = set(range(int(other["num_detections"][i])))
@@ -236,8 +251,8 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
                 counts["detections"] += 1
                 same = [j for j in unused if other["classes"][i, j] == ref["classes"][i, k]]
                 ious = {j: _box_iou(ref["boxes"][i, k], other["boxes"][i, j]) for j in same}
-                if not ious or max(ious.values()) < 0.5:
-                    if any(ious[j] >= 0.3 and abs(float(other["scores"][i, j]) - score) <= margin for j in ious):
+                if not ious or max(ious.values()) < min_box_iou:
+                    if any(ious[j] >= 0.5 and abs(float(other["scores"][i, j]) - score) <= margin for j in ious):
                         counts["nms_swaps"] += 1
                         continue
                     best = max(ious.values(), default=0.0)
@@ -256,18 +271,22 @@ def int8_disagreements(a: dict, b: dict, min_score: float = 0.4, margin: float =
                 inter = (ma & mb & decided).sum()
                 inter_sum, union_sum = inter_sum + int(inter), union_sum + int(union)
                 iou = inter / union
-                if iou < 0.5 and union >= 16:
+                mask_ious.append(float(iou))
+                if iou < 0.5:
                     problems.append(f"image {i} detection {k}: mask IoU {iou:.3f} "
                                     f"({int(ma.sum())} vs {int(mb.sum())} px, {int(decided.sum())} decided)")
     counts["pooled_mask_iou"] = inter_sum / max(union_sum, 1)
     counts["mean_box_iou"] = float(np.mean(box_ious)) if box_ious else 0.0
+    counts["min_box_iou"] = min(box_ious, default=0.0)
+    counts["min_mask_iou"] = min(mask_ious, default=0.0)
     return problems, counts
 
 
 def test_int8_detections_agree_with_fp32_on_a_trained_checkpoint(confident_lite, tiny_shapes, tmp_path):
-    """Same detections on shapes images (int8_disagreements: no lost detection or mask among the
-    confident ones, near-ties aside; mean box IoU and pooled mask IoU >= 0.85). The weights'
-    range is the default for this CPU (7-bit without VNNI)."""
+    """Same detections on shapes images (int8_disagreements: box IoU >= 0.9 and no lost mask for
+    every confident detection, near-ties aside; mean box IoU >= 0.95, pooled mask IoU >= 0.9), on
+    confident_lite trained with pinned threads. The weights' range is the default for this CPU
+    (7-bit without VNNI)."""
     from export.onnx import export_onnx
     from export.quantize import Int8Options, cpu_has_vnni, quantization_info, quantize_exported
 
@@ -278,8 +297,10 @@ def test_int8_detections_agree_with_fp32_on_a_trained_checkpoint(confident_lite,
     print(counts)
     assert ("7-bit" in quantization_info(int8_path)["weights"]) == (not cpu_has_vnni())
     assert not problems, problems
-    # measured: mean box IoU 0.938 / 0.947, pooled mask IoU 0.940 / 0.976 (trained with 1 / 2 threads)
-    assert counts["mean_box_iou"] >= 0.85 and counts["pooled_mask_iou"] >= 0.85, counts
+    # Measured with confident_lite trained on TRAIN_THREADS = 1 (AMD EPYC, AVX-512 VNNI: 8-bit weights):
+    # 30 detections and 30 masks, least box IoU 0.977 (bound 0.9: margin 0.077), mean box IoU 0.989
+    # (bound 0.95), pooled mask IoU 0.999 (bound 0.9), least mask IoU 0.992 (bound 0.5), no NMS swap.
+    assert counts["mean_box_iou"] >= 0.95 and counts["pooled_mask_iou"] >= 0.9, counts
     assert counts["detections"] >= 8 and counts["masks"] >= 6, f"the check needs confident detections: {counts}"
     assert counts["nms_swaps"] <= counts["detections"] // 5, counts
 
