@@ -82,9 +82,12 @@ def run(seed: int, args: argparse.Namespace, data: dict, out: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2,3")
-    p.add_argument("--lr", type=float, default=None, help="default: the training default (linear scaling)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: the training default (the paper's 0.01 at any batch, training/config.py REFERENCE_LR)")
     p.add_argument("--clip-grad", type=float, default=0.0)
-    p.add_argument("--pairwise-warmup", type=int, default=0, help="iterations (default: 133, the scaled 10000)")
+    p.add_argument("--pairwise-warmup", type=int, default=133,
+                   help="iterations (default: 133, as docs/results.md's stress table was measured: 10000 scaled to "
+                        "1200 iterations, before the training default's floor of 400)")
     p.add_argument("--detector-first", type=int, default=0)
     p.add_argument("--controller-std", type=float, default=0.0)
     p.add_argument("--mask-bias", type=float, default=None,

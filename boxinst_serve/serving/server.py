@@ -1,10 +1,11 @@
 """`boxinst serve`: start the `tritonserver` binary that the nvidia-pytriton wheel ships on a model
 repository, wait until every model is ready, and shut it down cleanly.
 
-The wheel's Python backend needs a stub built for the running Python (DESIGN.md, pitfalls): we
-build a private backend folder of links (never writing into site-packages) and put this
-interpreter's bin folder first on PATH, so the stub's `python3` imports this package and its
-dependencies. Binds to 127.0.0.1 unless told otherwise."""
+The wheel's Python backend needs a stub built for the running Python (the wheel keeps one per
+version under pytriton/tritonserver/python_backend_stubs/3.X/; without it a model fails with
+"triton_python_backend_stub is not found"): we build a private backend folder of links (never
+writing into site-packages) and put this interpreter's bin folder first on PATH, so the stub's
+`python3` imports this package and its dependencies. Binds to 127.0.0.1 unless told otherwise."""
 from __future__ import annotations
 
 import contextlib
