@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,6 @@ import pytest
 
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.protocol import FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
-from boxinst_serve.serving.server import free_port
 from export.triton import PACKAGED_MODELS, add_packaged_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,16 +162,14 @@ def test_export_serve_and_segment_from_the_installed_wheel(serve_extra, installe
     assert {p.name for p in repo.iterdir()} == set(REQUIRED_MODELS + OPTIONAL_MODELS)  # a cpu export: the fused too
 
     image = sorted(Path(tiny_shapes["images"]).glob("*.png"))[0]
-    ports = [free_port() for _ in range(3)]
-    url = f"127.0.0.1:{ports[0]}"
     serve_log = work / "serve.log"
-    with open(serve_log, "w") as log:
+    with open(serve_log, "w") as log:  # ports of 0: free ones, chosen again if another process takes one first
         server = subprocess.Popen([sys.executable, "-S", "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
-                                   "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
-                                   str(ports[2]), "--log", str(work / "tritonserver.log")],
+                                   "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+                                   "--log", str(work / "tritonserver.log")],
                                   cwd=work, env=installed_env(site), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_ready(url, server, serve_log, work / "tritonserver.log")
+        url = wait_ready(server, serve_log, work / "tritonserver.log")
         # Every Python-backend step imports the wheel: the launcher puts its folder first on their path.
         paths = {pid: env.get("PYTHONPATH", "").split(os.pathsep) for pid, env in step_environments(repo).items()}
         assert len(paths) == 5, paths  # preprocess, preprocess_raw, postprocess, the cpu network, the fused model
@@ -223,14 +221,21 @@ print(json.dumps({"module": boxinst_serve.__file__, "count": len(inst), "boxes":
 """
 
 
-def wait_ready(url: str, server: subprocess.Popen, serve_log: Path, triton_log: Path, timeout_s: float = 240) -> None:
+def wait_ready(server: subprocess.Popen, serve_log: Path, triton_log: Path, timeout_s: float = 240) -> str:
+    """The gRPC endpoint that `boxinst serve` prints once every model is ready, checked ready."""
+    def fail(why: str):
+        tail = triton_log.read_text()[-5000:] if triton_log.exists() else ""
+        pytest.fail(f"boxinst serve of the installed wheel {why}:\n{serve_log.read_text()}\n{tail}")
+
     deadline = time.monotonic() + timeout_s
-    with BoxInstClient(url, timeout_s=30) as probe:
-        while not probe.is_ready():
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = triton_log.read_text()[-5000:] if triton_log.exists() else ""
-                pytest.fail(f"boxinst serve of the installed wheel did not come up:\n{serve_log.read_text()}\n{tail}")
-            time.sleep(0.5)
+    while (found := re.search(r"^boxinst serving .*: gRPC (\S+), HTTP", serve_log.read_text(), re.MULTILINE)) is None:
+        if server.poll() is not None or time.monotonic() > deadline:
+            fail(f"did not come up in {timeout_s:.0f} s")
+        time.sleep(0.2)
+    with BoxInstClient(found.group(1), timeout_s=30) as probe:
+        if not probe.is_ready():
+            fail(f"said it serves on {found.group(1)}, which is not ready")
+    return found.group(1)
 
 
 def step_environments(repo: Path) -> dict[int, dict[str, str]]:
