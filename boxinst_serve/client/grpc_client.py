@@ -386,8 +386,8 @@ class BoxInstClient:
                     continue
                 if model == self._raw_model and "unknown model" in str(err):
                     raise BoxInstError(f"{err}: the server's repository has no '{model}' ensemble for raw frames "
-                                       "(copied before it existed?): copy model_repository/ again, or use "
-                                       "arrays='png'") from e
+                                       "(written before it existed?): run `boxinst export --triton REPOSITORY` again, "
+                                       "which adds the ensembles a repository lacks, or use arrays='png'") from e
                 raise err from e
 
     def _reestablish(self, err: BoxInstError, model: str) -> str:
