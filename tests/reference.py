@@ -1,5 +1,6 @@
 """An independent reference for a served (or in-process) model: the torch model of the checkpoint
-on each single image, with pre- and post-processing written here from SPEC.md and DESIGN.md.
+on each single image, with pre- and post-processing written here from the algorithm (the
+project's SPEC.md, beside the repository) and docs/architecture.md's contracts.
 
 The served answers go through the Triton steps (boxinst_serve/serving/steps.py), which call
 `prepare_for` and `instances_for`; a reference built from those functions agrees with the server
@@ -18,7 +19,7 @@ whatever they do, and only catches transport bugs. This one shares no code with 
 - OnnxReference, for a graph the torch model cannot stand for (the INT8 graph), shares that graph
   and ONNX Runtime with the server, on a plain InferenceSession (not boxinst_serve's engine).
 
-Pre-processing (DESIGN.md, "Network contract" and "Triton repository contract"): the shorter side
+Pre-processing (docs/architecture.md, "Contracts": network and Triton repository): the shorter side
 scaled to min_size_test with the longer side capped at max_size_test (one scale; "opencv" mode:
 cv2 INTER_LINEAR, sizes rounded half to even; "detectron2" mode: detectron2's two-step
 arithmetic, then PIL bilinear), padded bottom/right to its own size rounded up to the size
@@ -145,7 +146,7 @@ class Reference:
         return reference_instances(self.net(batch), self.config, image.shape[:2], resized_hw)
 
 
-OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")  # DESIGN.md's network contract
+OUTPUTS = ("num_detections", "boxes", "scores", "classes", "masks")  # docs/architecture.md, the network contract
 
 
 class TorchReference(Reference):
