@@ -20,7 +20,7 @@ from boxinst_serve.apps.video.pipeline import DONE, JSONL, OVERLAY, recover_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 12
-RUN_S = 300  # deadline of one `boxinst video` command: the kill and the resume took 10.7 s in all under load
+RUN_S = 300  # deadline of one `boxinst video` command: the kill and the resume took 5.5-15.2 s in all under load
 
 
 def read_lines(path: Path) -> list[dict]:
