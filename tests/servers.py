@@ -34,29 +34,12 @@ def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
     """`boxinst serve --repository repo` on ports it chooses (0: free ports, chosen again if another
     process takes one first), logs under root. Yields {"url", "proc", "log"}; on exit stops it
     with SIGINT and asserts it exited 0."""
-    from boxinst_serve.client import BoxInstClient
-
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
                              "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
                              "--log", str(root / "tritonserver.log")],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def fail(why: str):
-        proc.kill()
-        tail = (root / "tritonserver.log").read_text()[-5000:] if (root / "tritonserver.log").exists() else ""
-        pytest.fail(f"boxinst serve {why}:\n{log.read_text()}\n{tail}")
-
-    # Once every model is ready it prints its endpoints: "boxinst serving REPO: gRPC HOST:PORT, ..."
-    deadline = time.monotonic() + ready_timeout_s
-    while (found := re.search(r"^boxinst serving .*: gRPC (\S+), HTTP", log.read_text(), re.MULTILINE)) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            fail(f"did not come up in {ready_timeout_s:.0f} s")
-        time.sleep(0.2)
-    url = found.group(1)
-    with BoxInstClient(url, timeout_s=30) as probe:
-        if not probe.is_ready():
-            fail(f"said it serves on {url}, which is not ready")
+    url = wait_serving(proc, log, root / "tritonserver.log", ready_timeout_s)
     try:
         yield {"url": url, "proc": proc, "log": log}
     finally:
@@ -68,6 +51,30 @@ def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
                 proc.kill()
                 raise
             assert code == 0, log.read_text()
+
+
+def wait_serving(proc: subprocess.Popen, log: Path, triton_log: Path, timeout_s: float = 240,
+                 what: str = "boxinst serve") -> str:
+    """The gRPC endpoint that `boxinst serve` (the process `proc`, its output in `log`) prints once
+    every model is ready ("boxinst serving REPO: gRPC HOST:PORT, ..."), checked ready; kills it and
+    fails the test, with both logs, when it exits or takes more than `timeout_s`."""
+    from boxinst_serve.client import BoxInstClient
+
+    def fail(why: str):
+        proc.kill()
+        tail = triton_log.read_text()[-5000:] if triton_log.exists() else ""
+        pytest.fail(f"{what} {why}:\n{log.read_text()}\n{tail}")
+
+    deadline = time.monotonic() + timeout_s
+    while (found := re.search(r"^boxinst serving .*: gRPC (\S+), HTTP", log.read_text(), re.MULTILINE)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            fail(f"did not come up in {timeout_s:.0f} s")
+        time.sleep(0.2)
+    url = found.group(1)
+    with BoxInstClient(url, timeout_s=30) as probe:
+        if not probe.is_ready():
+            fail(f"said it serves on {url}, which is not ready")
+    return url
 
 
 def assert_same(got, ref):

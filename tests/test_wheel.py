@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pytest
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.protocol import FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
 from export.triton import PACKAGED_MODELS, add_packaged_models
+from tests.servers import wait_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("boxinst_serve", "training", "export")
@@ -169,7 +168,7 @@ def test_export_serve_and_segment_from_the_installed_wheel(serve_extra, installe
                                    "--log", str(work / "tritonserver.log")],
                                   cwd=work, env=installed_env(site), stdout=log, stderr=subprocess.STDOUT)
     try:
-        url = wait_ready(server, serve_log, work / "tritonserver.log")
+        url = wait_serving(server, serve_log, work / "tritonserver.log", what="boxinst serve of the installed wheel")
         # Every Python-backend step imports the wheel: the launcher puts its folder first on their path.
         paths = {pid: env.get("PYTHONPATH", "").split(os.pathsep) for pid, env in step_environments(repo).items()}
         assert len(paths) == 5, paths  # preprocess, preprocess_raw, postprocess, the cpu network, the fused model
@@ -219,23 +218,6 @@ print(json.dumps({"module": boxinst_serve.__file__, "count": len(inst), "boxes":
                   "class_names": [inst.class_name(i) for i in range(len(inst))], "geometry": inst.geometry(),
                   "raw_count": len(raw)}))
 """
-
-
-def wait_ready(server: subprocess.Popen, serve_log: Path, triton_log: Path, timeout_s: float = 240) -> str:
-    """The gRPC endpoint that `boxinst serve` prints once every model is ready, checked ready."""
-    def fail(why: str):
-        tail = triton_log.read_text()[-5000:] if triton_log.exists() else ""
-        pytest.fail(f"boxinst serve of the installed wheel {why}:\n{serve_log.read_text()}\n{tail}")
-
-    deadline = time.monotonic() + timeout_s
-    while (found := re.search(r"^boxinst serving .*: gRPC (\S+), HTTP", serve_log.read_text(), re.MULTILINE)) is None:
-        if server.poll() is not None or time.monotonic() > deadline:
-            fail(f"did not come up in {timeout_s:.0f} s")
-        time.sleep(0.2)
-    with BoxInstClient(found.group(1), timeout_s=30) as probe:
-        if not probe.is_ready():
-            fail(f"said it serves on {found.group(1)}, which is not ready")
-    return found.group(1)
 
 
 def step_environments(repo: Path) -> dict[int, dict[str, str]]:
