@@ -28,9 +28,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1",
                    help="gRPC bind address (0.0.0.0 exposes it to the network: needs --tls-cert/--tls-key and "
                         "--api-key, or --insecure); HTTP and metrics stay on 127.0.0.1")
-    s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--http-port", type=int, default=8000)
-    s.add_argument("--metrics-port", type=int, default=8002)
+    free = "; 0: any free port, printed once serving (chosen again if another process takes it first)"
+    s.add_argument("--grpc-port", type=int, default=8001, help="default 8001" + free)
+    s.add_argument("--http-port", type=int, default=8000, help="default 8000" + free)
+    s.add_argument("--metrics-port", type=int, default=8002, help="default 8002" + free)
     s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
     s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
