@@ -25,7 +25,8 @@ test: install
 	mkdir -p outputs
 	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q tests
 
-# Everything but the slow training test: about 17 minutes on the 2-core development machine (the suite's 27 less the slow test's 10).
+# Everything but the slow training test: about 17 minutes on the 2-core development machine (the
+# suite's 27 less the slow test's 10).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 

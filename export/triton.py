@@ -149,7 +149,8 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
                      fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0,
                      int8: Int8Options | None = None) -> Path:
     """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`, after adding the
-    packaged ensembles and steps that REPOSITORY lacks (add_packaged_models). Returns the boxinst_net folder. Files are written to a temporary folder and swapped in.
+    packaged ensembles and steps that REPOSITORY lacks (add_packaged_models). Returns the
+    boxinst_net folder. Files are written to a temporary folder and swapped in.
     int8: serve an INT8 engine calibrated as these options say (see the module docstring)."""
     from export.onnx import export_onnx
 

@@ -83,7 +83,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--lr", type=float, default=None,
-                   help="default: the training default (the paper's 0.01 at any batch, training/config.py REFERENCE_LR)")
+                   help="default: the training default (the paper's 0.01 at any batch, training/config.py "
+                        "REFERENCE_LR)")
     p.add_argument("--clip-grad", type=float, default=0.0)
     p.add_argument("--pairwise-warmup", type=int, default=133,
                    help="iterations (default: 133, as docs/results.md's stress table was measured: 10000 scaled to "

@@ -124,8 +124,8 @@ def reference_instances(outputs: dict[str, np.ndarray], cfg: ModelConfig, orig_h
                  > cfg.mask_threshold).numpy()
     else:
         masks = np.zeros((0, oh, ow), bool)
-    rle = [{"size": [oh, ow], "counts": r["counts"].decode("ascii")}
-           for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))] if len(keep) else []
+    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) if len(keep) else []
+    rle = [{"size": [oh, ow], "counts": r["counts"].decode("ascii")} for r in encoded]
     return Instances(boxes=boxes[keep], scores=outputs["scores"][0, keep].astype(np.float32),
                      classes=outputs["classes"][0, keep].astype(np.int64), rle=rle, image_size=(oh, ow),
                      class_names=list(cfg.class_names), _masks=masks)

@@ -192,7 +192,8 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
                         "torch threads follow it, a .onnx model's are --threads)")
     s.add_argument("--max-attempts", type=int, default=3,
                    help="--ray: worker deaths on one video before it is reported as failed")
-    s.add_argument("--start-timeout", type=float, default=600.0, help="--ray: seconds for all workers to be up, and for a worker to come back after it died")
+    s.add_argument("--start-timeout", type=float, default=600.0,
+                   help="--ray: seconds for all workers to be up, and for a worker to come back after it died")
     s.set_defaults(func=cmd_video)
 
 

@@ -96,8 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "docs/results.md; give 0.01 x batch / 16 to scale it)")
     s.add_argument("--warmup-iters", type=int, default=None, help="default: 1000 scaled to --iters/90000")
     s.add_argument("--pairwise-warmup-iters", type=int, default=None,
-                   help="default: 10000 scaled to --iters/90000, at least 400 (or a third of --iters, when that is less); "
-                        "training/config.py MIN_PAIRWISE_WARMUP_ITERS")
+                   help="default: 10000 scaled to --iters/90000, at least 400 (or a third of --iters, when that "
+                        "is less); training/config.py MIN_PAIRWISE_WARMUP_ITERS")
     _add_train_losses(s)
     _add_train_sizes(s)
     _add_train_run(s)

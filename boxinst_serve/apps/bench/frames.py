@@ -103,7 +103,8 @@ def in_process_runner(repository: str | Path, threads: int = 0, spinning: bool =
 
 
 def measure_budget(url: str, frame: np.ndarray, input_mode: str, in_process, iters: int = 30, warmup: int = 3,
-                   timeout_s: float = 60.0, raw_model: str | None = None, client_kwargs: dict | None = None) -> BudgetRow:
+                   timeout_s: float = 60.0, raw_model: str | None = None,
+                   client_kwargs: dict | None = None) -> BudgetRow:
     """`iters` requests of `frame` by `input_mode`, alternating with as many in-process runs
     (in-process first on every other request). raw_model: where raw and shm frames go (None:
     the client's choice). client_kwargs: BoxInstClient's TLS and key keywords for a secured server
