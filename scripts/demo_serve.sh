@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The serving half of `make demo`: export the trained checkpoint into a copy of model_repository/,
-# start `boxinst serve`, segment the sample images through the gRPC client (overlays + images/s),
+# The serving half of `make demo`: export the trained checkpoint into a new Triton repository (the
+# export adds the ensembles and steps of model_repository/, as for a pip-installed package), start
+# `boxinst serve`, segment the sample images through the gRPC client (overlays + images/s),
 # and stop the server, also when interrupted (Ctrl-C) or when a step fails.
 set -euo pipefail
 BOXINST=${BOXINST:-.venv/bin/boxinst}
@@ -11,8 +12,6 @@ METRICS_PORT=${METRICS_PORT:-8002}
 
 rm -rf "$DEMO/repository"
 mkdir -p "$DEMO"
-cp -r model_repository "$DEMO/repository"
-rm -rf "$DEMO/repository/boxinst_net"
 "$BOXINST" export --checkpoint "$DEMO/run/final.pt" --triton "$DEMO/repository" --flavour cpu
 
 "$BOXINST" serve --repository "$DEMO/repository" --grpc-port "$GRPC_PORT" --http-port "$HTTP_PORT" \
