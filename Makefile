@@ -18,15 +18,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[full,serve,client,cluster,dev]'
 	touch $@
 
-# The whole suite, the slow box-only training test included: 27 minutes of pytest on the 2-core
-# development machine (2026-12-04, fresh clone), 10 of them the slow test; the whole `CI=true bash .ci/run`
-# took 38 minutes on a 2-core AMD EPYC (issue 27).
+# The whole suite, the slow box-only training test included: 27 minutes of pytest on a 2-core Intel
+# Xeon (2026-12-04, fresh clone), 10 of them the slow test; on a 2-core AMD EPYC (AVX-512 VNNI) the
+# whole `CI=true bash .ci/run` from a fresh clone took 42 minutes on 2026-12-07 (40 of pytest, with
+# the wheel test and the independent references added that day).
 test: install
 	mkdir -p outputs
 	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q tests
 
-# Everything but the slow training test: about 17 minutes on the 2-core development machine (the
-# suite's 27 less the slow test's 10).
+# Everything but the slow training test: about 17 minutes on the 2-core Intel Xeon (the suite's 27
+# less the slow test's 10), more on the EPYC.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
