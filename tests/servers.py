@@ -44,13 +44,18 @@ def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
         yield {"url": url, "proc": proc, "log": log}
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                code = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
-            assert code == 0, log.read_text()
+            assert stop_serving(proc) == 0, log.read_text()
+
+
+def stop_serving(proc: subprocess.Popen) -> int:
+    """Stop `boxinst serve` as Ctrl-C does (SIGINT) and return its exit code; killed, and
+    TimeoutExpired raised, when it has not exited within 60 s."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 def wait_serving(proc: subprocess.Popen, log: Path, triton_log: Path, timeout_s: float = 240,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +24,7 @@ import pytest
 from boxinst_serve.client import BoxInstClient
 from boxinst_serve.protocol import FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
 from export.triton import PACKAGED_MODELS, add_packaged_models
-from tests.servers import wait_serving
+from tests.servers import stop_serving, wait_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("boxinst_serve", "training", "export")
@@ -193,12 +192,7 @@ def test_export_serve_and_segment_from_the_installed_wheel(serve_extra, installe
         assert got["geometry"] == json.loads(json.dumps(ref.geometry()))
         assert got["raw_count"] == len(ref)  # the same image as a raw RGB frame (boxinst_raw_fused)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            code = server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        code = stop_serving(server)
     assert code == 0, serve_log.read_text()
 
 
