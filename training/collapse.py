@@ -45,12 +45,15 @@ class CollapseMonitor:
     """Accumulates per-iteration mask statistics; `window()` closes a logging window.
 
     Values may be 0-d tensors: they are summed as they come and read (one device sync) only when a
-    window closes. Its state is two numbers (`state_dict`/`load_state_dict`), saved in `last.pt` so
-    that a resumed run compares with the start of the original one."""
+    window closes. Its state is three numbers (`state_dict`/`load_state_dict`), saved in `last.pt`
+    so that a resumed run compares with the start of the original one (or of its last heal)."""
 
     iters: int  # the schedule's length
     start_sum: Any = 0.0  # float or 0-d tensor
     start_n: int = 0
+    # No window ending before this iteration is judged (after a heal, training/heal.py: the new
+    # mask head gets CHECK_FROM of the schedule again before it is judged).
+    checks_from: int = 0
     _sums: dict = field(default_factory=dict)
     _n: int = 0
 
@@ -80,7 +83,7 @@ class CollapseMonitor:
                   "mask_spill": round(means["mask_spill"], 4)}
         reasons = collapse_reasons(iteration / self.iters, means["loss_prj"], self.start_prj,
                                    means["mask_box_fill"], means["mask_outside_fill"], means["mask_spill"])
-        if reasons:
+        if reasons and iteration >= self.checks_from:
             record["collapse"] = reasons
         return record
 
@@ -88,11 +91,18 @@ class CollapseMonitor:
     def start_prj(self) -> float | None:
         return float(self.start_sum) / self.start_n if self.start_n else None
 
+    def restart(self, checks_from: int) -> None:
+        """Forget the start and the open window (a new mask head, training/heal.py); judge again
+        from iteration `checks_from` on."""
+        self.start_sum, self.start_n, self._sums, self._n = 0.0, 0, {}, 0
+        self.checks_from = checks_from
+
     def state_dict(self) -> dict:
-        return {"start_sum": float(self.start_sum), "start_n": self.start_n}
+        return {"start_sum": float(self.start_sum), "start_n": self.start_n, "checks_from": self.checks_from}
 
     def load_state_dict(self, state: dict) -> None:
         self.start_sum, self.start_n = float(state["start_sum"]), int(state["start_n"])
+        self.checks_from = int(state.get("checks_from", 0))  # absent in checkpoints before heals
 
 
 def collapse_reasons(progress: float, prj_mean: float, prj_start: float | None, box_fill: float,

@@ -152,6 +152,13 @@ class TrainConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     max_nonfinite: int = 5  # consecutive non-finite losses before aborting
+    # Healing (training/heal.py): when the collapse monitor finds a saturated mask head with enough
+    # of the schedule left, re-initialise the controller and mask branch, multiply their learning
+    # rate by heal_lr_scale and restart the pairwise warm-up; at most max_heals times. False (--no-heal):
+    # only warn.
+    heal: bool = True
+    max_heals: int = 2
+    heal_lr_scale: float = 0.25
     num_workers: int = 2
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -165,6 +172,9 @@ class TrainConfig:
             raise ValueError(f"min_sizes must be positive sizes, got {self.min_sizes}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.max_heals < 0 or not 0 < self.heal_lr_scale <= 1:
+            raise ValueError(f"max_heals must be >= 0 and heal_lr_scale in (0, 1], got {self.max_heals} and "
+                             f"{self.heal_lr_scale}")
 
     @classmethod
     def scaled(cls, iters: int, **overrides: Any) -> "TrainConfig":

@@ -28,11 +28,12 @@ def _mean_over_processes(value: float, device) -> float:
 
 
 def compute_losses(out: HeadOutputs, batch: dict, cfg: ModelConfig, loss_cfg: LossConfig,
-                   iteration: int, stats: dict | None = None) -> dict[str, torch.Tensor]:
+                   iteration: int, stats: dict | None = None, pairwise_from: int = 0) -> dict[str, torch.Tensor]:
     """out: the model's outputs for batch["images"] uint8 [B, Hp, Wp, 3]; batch as built by
     training.data.collate. Returns named scalar losses (their sum is the training loss). When
     `stats` is a dict, it receives training.collapse.mask_statistics of the instances with a
-    box-only mask loss (nothing when there were none)."""
+    box-only mask loss (nothing when there were none). The pairwise warm-up counts from iteration
+    `pairwise_from` (0; the last heal's iteration after one, training/heal.py)."""
     images = batch["images"]
     device = out.mask_feats.device
     _, hp, wp, _ = images.shape
@@ -64,12 +65,14 @@ def compute_losses(out: HeadOutputs, batch: dict, cfg: ModelConfig, loss_cfg: Lo
     else:
         losses["loss_fcos_loc"] = zero
         losses["loss_fcos_ctr"] = zero
-    losses.update(_mask_losses(out, flat, batch, cfg, loss_cfg, iteration, pos_b, pos_l, gt_idx, hp, wp, stats))
+    losses.update(_mask_losses(out, flat, batch, cfg, loss_cfg, iteration, pos_b, pos_l, gt_idx, hp, wp, stats,
+                               pairwise_from))
     return losses
 
 
 def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, iteration: int,
-                 pos_b, pos_l, gt_idx, hp: int, wp: int, stats: dict | None = None) -> dict[str, torch.Tensor]:
+                 pos_b, pos_l, gt_idx, hp: int, wp: int, stats: dict | None = None,
+                 pairwise_from: int = 0) -> dict[str, torch.Tensor]:
     device = out.mask_feats.device
     # Which foreground locations get a mask loss (TOPK_PROPOSALS_PER_IM, per image).
     with torch.no_grad():
@@ -127,7 +130,7 @@ def _mask_losses(out, flat, batch, cfg: ModelConfig, loss_cfg: LossConfig, itera
                     lab = image_lab(batch["images"].to(device), stride)
                     sim = image_color_similarity(batch["images"], valid, stride, loss_cfg.pairwise_size,
                                                  loss_cfg.pairwise_dilation, loss_cfg.pairwise_theta, lab=lab)
-                warm = pairwise_warmup_factor(iteration, loss_cfg.pairwise_warmup_iters)
+                warm = pairwise_warmup_factor(iteration - pairwise_from, loss_cfg.pairwise_warmup_iters)
                 losses["loss_pairwise"] = warm * pairwise_loss(
                     lg, sim[sel_b[box_idx]], bm, loss_cfg.pairwise_color_thresh,
                     loss_cfg.pairwise_size, loss_cfg.pairwise_dilation)

@@ -14,13 +14,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from boxinst_serve.checkpoint import load_model
+from boxinst_serve.checkpoint import load_checkpoint
 from boxinst_serve.coco import mask_iou, match_to_detections
 from boxinst_serve.files import write_json_atomic
 from boxinst_serve.engines.torch_engine import TorchEngine
+from boxinst_serve.model import build_model
 from boxinst_serve.predictor import Predictor
 from boxinst_serve.preprocess import read_image
 from boxinst_serve.results import encode_masks
+from training.heal import describe as describe_heals
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # What "the masks beat the filled boxes" means (the point of BoxInst: box supervision gave masks
@@ -90,9 +92,13 @@ def predict_dataset(model, data_json: str, images_dir: str | None = None, batch_
 
 def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, json_out: str | None = None,
              device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint: {"bbox": {...}, "segm": {...}} in percent; optionally written to
-    json_out (atomically) together with the predictions."""
-    model = load_model(checkpoint, device)
+    """Evaluate a checkpoint: {"bbox": {...}, "segm": {...}} in percent, the verdict, and "heals":
+    the training run's heals (training/heal.py, from the checkpoint; [] when none); optionally
+    written to json_out (atomically) together with the predictions."""
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    model = model.to(device).eval()
     gt, results = predict_dataset(model, data_json, images_dir, progress=progress, device=device)
     boxed = with_box_masks(results, gt)
     report = {"checkpoint": str(checkpoint), "data": str(data_json), "num_images": len(gt.getImgIds()),
@@ -101,6 +107,7 @@ def evaluate(checkpoint: str, data_json: str, images_dir: str | None = None, jso
               "segm_filled_boxes": coco_metrics(gt, boxed, "segm"),
               "segm_filled_boxes_class_agnostic": coco_metrics(gt, boxed, "segm", class_agnostic=True)}
     report["verdict"] = verdict(report["segm"]["AP"], report["segm_filled_boxes"]["AP"])
+    report["heals"] = list(ckpt.get("heals", []))
     if json_out:
         write_json_atomic(json_out, {**report, "predictions": results})
     return report
@@ -208,4 +215,6 @@ def format_table(report: dict[str, Any]) -> str:
     if "verdict" in report:
         lines.append("")
         lines.append(report["verdict"]["line"])
+    if report.get("heals"):
+        lines.append(describe_heals(report["heals"]))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from training.checkpoints import FINAL, LAST, load_for_resume, save_checkpoint
 from training.collapse import CollapseMonitor, summary as collapse_summary
 from training.config import TrainConfig
 from training.criterion import compute_losses
+from training.heal import HealState, describe as describe_heals, heal, is_mask_side, should_heal
 from training.data import CocoBoxDataset, collate
 from training.memory import check_memory, estimate_step_memory, largest_padded_hw, peak_resident_bytes
 
@@ -89,15 +90,29 @@ class IterationBatchSampler(Sampler):
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD; no weight decay on normalisation layers (detectron2's WEIGHT_DECAY_NORM = 0)."""
+    """SGD; no weight decay on normalisation layers (detectron2's WEIGHT_DECAY_NORM = 0). Four
+    groups: the detector's and the mask side's (controller and mask branch, "mask_side": True),
+    each with and without decay; each group's step is the schedule's times its "lr_scale" (1; the
+    mask side's is lowered by a heal, training/heal.py)."""
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm)
-    decay, no_decay = [], []
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
+    groups = {(mask, norm): [] for mask in (False, True) for norm in (False, True)}
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(prefix=module_name, recurse=False):
             if p.requires_grad:
-                (no_decay if isinstance(module, norm_types) else decay).append(p)
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum)
+                groups[(is_mask_side(name), isinstance(module, norm_types))].append(p)
+    return torch.optim.SGD([{"params": params, "weight_decay": 0.0 if norm else cfg.weight_decay,
+                             "mask_side": mask, "lr_scale": 1.0}
+                            for (mask, norm), params in groups.items()], lr=cfg.lr, momentum=cfg.momentum)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path: Path) -> None:
+    """Load a saved optimizer state (--resume); a `last.pt` of a version before the mask side's
+    own groups cannot be continued, which the error says."""
+    if len(state["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(f"'{path}' was written by an earlier version of boxinst-serve (its optimizer has "
+                         f"{len(state['param_groups'])} parameter groups, this one {len(optimizer.param_groups)}): "
+                         "it cannot be resumed; start the run again, or use its weights with --init")
+    optimizer.load_state_dict(state)
 
 
 def parameter_checksum(model: nn.Module) -> float:
@@ -297,12 +312,15 @@ class _TrainingRun:
     dev: torch.device
     out: Path
 
+    heal_state: HealState = field(default_factory=HealState.fresh)
+
     def save(self, iteration: int, name: str, with_optimizer: bool = True) -> None:
         """Checkpoint `out/name` on rank 0 (training/checkpoints.py: `last.pt` with the optimizer,
-        `final.pt` without)."""
+        `final.pt` without; both with the heals)."""
         if self.info.is_main:
             save_checkpoint(self.out / name, self.model, self.model_cfg, self.train_cfg, iteration,
-                            self.optimizer if with_optimizer else None, self.monitor if with_optimizer else None)
+                            self.optimizer if with_optimizer else None, self.monitor if with_optimizer else None,
+                            self.heal_state)
 
 
 @dataclass
@@ -340,7 +358,8 @@ def _forward_losses(run: _TrainingRun, batch: dict, iteration: int) -> tuple[dic
         outputs = run.ddp_model(images)
     batch["images"] = images
     stats: dict = {}
-    losses = compute_losses(outputs, batch, run.model_cfg, run.train_cfg.loss, iteration, stats=stats)
+    losses = compute_losses(outputs, batch, run.model_cfg, run.train_cfg.loss, iteration, stats=stats,
+                            pairwise_from=run.heal_state.pairwise_from)
     return losses, stats
 
 
@@ -369,7 +388,7 @@ def _step(run: _TrainingRun, batch: dict, state: _LoopState) -> tuple[dict[str, 
     step; `max_nonfinite` of them in a row raise RuntimeError (training diverged)."""
     train_cfg = run.train_cfg
     for g in run.optimizer.param_groups:
-        g["lr"] = train_cfg.lr * train_cfg.lr_factor(state.iteration)
+        g["lr"] = train_cfg.lr * train_cfg.lr_factor(state.iteration) * g.get("lr_scale", 1.0)
     losses, stats = _forward_losses(run, batch, state.iteration)
     loss = sum(losses.values())
     if not _all_finite(loss, run):
@@ -402,9 +421,29 @@ def _log_window(run: _TrainingRun, state: _LoopState, losses: dict[str, torch.Te
     if reasons and run.info.is_main and reasons.keys() != state.collapsed.keys():
         log.warning("%s", collapse_summary(reasons, state.iteration))
     state.collapsed = reasons
+    if _agreed_to_heal(run, reasons, state.iteration):
+        done = heal(run.model, functools.partial(build_model, run.model_cfg), run.optimizer, run.monitor,
+                    run.heal_state, reasons, state.iteration, run.train_cfg.heal_lr_scale, run.train_cfg.seed)
+        record["heal"] = done.to_dict()
+        state.collapsed = {}
+        if run.info.is_main:
+            log.warning("iteration %d: healing the mask head (%d of at most %d): the controller and the mask branch "
+                        "re-initialised, their step x%g, the pairwise warm-up started again (training/heal.py; "
+                        "--no-heal only warns)", state.iteration, len(run.heal_state.heals), run.train_cfg.max_heals,
+                        done.mask_lr_scale)
     bar.set_postfix(loss=f"{record['loss']:.3f}")
     if run.info.is_main:
         _append_jsonl(run.out / "metrics.jsonl", record)
+
+
+def _agreed_to_heal(run: _TrainingRun, reasons: dict[str, str], iteration: int) -> bool:
+    """Whether to heal now (training/heal.py, should_heal), as rank 0 decides from its window:
+    every process heals together or none does."""
+    cfg = run.train_cfg
+    decision = [should_heal(reasons, iteration, cfg.iters, len(run.heal_state.heals), cfg.max_heals, cfg.heal)]
+    if run.info.world_size > 1:
+        dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 def _train_loop(run: _TrainingRun, loader: DataLoader, start_iter: int, bar: tqdm) -> _LoopState:
@@ -435,8 +474,10 @@ def _train_loop(run: _TrainingRun, loader: DataLoader, start_iter: int, bar: tqd
     return state
 
 
-def _log_end(collapsed: dict[str, str]) -> None:
-    """Rank 0's closing lines: a mask head that still looks collapsed, the peak memory."""
+def _log_end(collapsed: dict[str, str], heals: list[dict]) -> None:
+    """Rank 0's closing lines: the heals, a mask head that still looks collapsed, the peak memory."""
+    if heals:
+        log.warning("%s", describe_heals(heals))
     if collapsed:
         log.warning("training ended with a mask head that does not look like it learned: %s", "; ".join(collapsed.values()))
     log.info("peak resident memory of the training process: %.2f GB", peak_resident_bytes() / 1e9)
@@ -484,13 +525,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     model = _build_model(model_cfg, dev, ckpt, pretrained_backbone, init_checkpoint, reset_classes)
     optimizer = build_optimizer(model, train_cfg)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"], out / LAST)
     ddp_model = _data_parallel(model, dev, info)
     loader = _build_loader(dataset, model_cfg, train_cfg, info, start_iter)
     memory_gb, memory_line = _check_memory(model, model_cfg, train_cfg, dataset, info, dev, max_memory_gb)
     use_amp = train_cfg.amp and dev.type == "cuda"
     run = _TrainingRun(model, ddp_model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
-                       _collapse_monitor(train_cfg, ckpt), model_cfg, train_cfg, info, dev, out)
+                       _collapse_monitor(train_cfg, ckpt), model_cfg, train_cfg, info, dev, out,
+                       HealState.from_state_dict(ckpt.get("heal_state") if ckpt is not None else None))
 
     if info.is_main:
         _announce(run, dataset, data_json, start_iter, memory_gb, memory_line)
@@ -499,7 +541,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     state = _train_loop(run, loader, start_iter, bar)
     bar.close()
     if info.is_main:
-        _log_end(state.collapsed)
+        _log_end(state.collapsed, run.heal_state.heals)
 
     run.save(state.iteration, LAST)
     run.save(state.iteration, FINAL, with_optimizer=False)

@@ -33,7 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_cfg, device.type, args.iters, loss=loss, pairwise_warmup_iters=args.pairwise_warmup_iters,
         batch_size=args.batch_size, min_sizes=args.min_sizes, max_size=args.max_size, num_workers=args.workers,
         checkpoint_period=args.checkpoint_period, warmup_iters=args.warmup_iters, log_period=args.log_period,
-        lr=args.lr, seed=args.seed, clip_grad_norm=args.clip_grad, amp=not args.no_amp)
+        lr=args.lr, seed=args.seed, clip_grad_norm=args.clip_grad, amp=not args.no_amp,
+        heal=False if args.no_heal else None, max_heals=args.max_heals)
     resume = args.resume or (args.resume_if_exists and (Path(args.out) / "last.pt").exists())
     final = train(model_cfg, train_cfg, args.data, args.out, images_dir=args.images, resume=resume,
                   device=str(device), pretrained_backbone=args.pretrained_backbone, init_checkpoint=args.init,
@@ -137,6 +138,10 @@ def _add_train_sizes(s: argparse.ArgumentParser) -> None:
 
 def _add_train_run(s: argparse.ArgumentParser) -> None:
     s.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clip (0: off)")
+    s.add_argument("--no-heal", action="store_true",
+                   help="only warn when the mask head collapses (default: heal it: re-initialise the controller and "
+                        "mask branch at a lower step and go on, training/heal.py)")
+    s.add_argument("--max-heals", type=int, default=None, help="heals at most per run (default 2)")
     s.add_argument("--checkpoint-period", type=int, default=None)
     s.add_argument("--log-period", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
