@@ -92,9 +92,10 @@ class CollapseMonitor:
         return float(self.start_sum) / self.start_n if self.start_n else None
 
     def restart(self, checks_from: int) -> None:
-        """Forget the start and the open window (a new mask head, training/heal.py); judge again
-        from iteration `checks_from` on."""
-        self.start_sum, self.start_n, self._sums, self._n = 0.0, 0, {}, 0
+        """Forget the open window (a healed mask head, training/heal.py) and judge again from
+        iteration `checks_from` on; the start stays the run's own (a healed head is measured
+        against where the run began)."""
+        self._sums, self._n = {}, 0
         self.checks_from = checks_from
 
     def state_dict(self) -> dict:

@@ -1,40 +1,83 @@
 """Training that repairs a mask head that stopped learning, instead of only warning about it.
 
-The collapse monitor (training/collapse.py) names a mask head that is not learning. Its saturated
-form cannot come back by itself: once every mask logit is large, the sigmoid's gradient is gone
-and the projection term cannot pull the masks back (docs/results.md, "Box-only training over
-seeds"). The detector, meanwhile, trains on its own losses and is fine. A heal therefore keeps
-the detector and gives the mask side a new start:
+The collapse monitor (training/collapse.py) names a mask head that saturated: masks marking most
+pixels outside their boxes. That state cannot come back by itself: once every mask logit is large,
+the sigmoid's gradient is gone and the projection term cannot pull the masks back (docs/results.md,
+"Box-only training over seeds"). Measured on the stress set (docs/results.md, "Training that heals
+itself"): a fresh mask head on the collapsed run's features saturates again within 20-40 iterations,
+even at 1/16 of the step; the features the saturated head trained are part of the collapse. A heal
+therefore goes back in time:
 
-1. the controller (the FCOS head's conv that generates the dynamic heads' weights) and the mask
-   branch get a fresh initialisation (the model's own, from a seed of its own: the same on every
-   process), and their momentum is cleared;
-2. their learning rate is multiplied by `TrainConfig.heal_lr_scale` (each heal again): the step
-   that saturated them is not taken again;
-3. the pairwise term's warm-up starts again from the heal (the projection term first teaches the
-   new head where the boxes are), and the monitor measures its start again and judges it only
-   after CHECK_FROM of the schedule has passed once more.
+1. the model and optimizer return to the last logging window whose masks looked healthy
+   (`looks_healthy`; a `Snapshot` kept in memory, or the run's start when none was);
+2. when that is the run's start, the controller (the FCOS head's conv that generates the dynamic
+   heads' weights) and the mask branch get a fresh initialisation from a seed of their own (the
+   same on every process); a healthy snapshot keeps its mask head;
+3. the mask side's learning rate is multiplied by `TrainConfig.heal_lr_scale` (each heal again,
+   momentum cleared): the step that saturated it is not taken again;
+4. the pairwise term's warm-up starts again from the heal (the projection term first teaches the
+   head where the boxes are), and the monitor judges again only after CHECK_FROM of the schedule.
 
-At most `TrainConfig.max_heals` times, and only while at least MIN_REMAINING of the schedule is
-left (a head re-initialised near the end would ship untrained). Each heal goes into the log and
+The iteration count goes on: a heal spends the same schedule, it does not lengthen it. At most
+`TrainConfig.max_heals` times, and only while at least MIN_REMAINING of the schedule is left (a
+head re-initialised near the end would ship untrained). Each heal goes into the log and
 `metrics.jsonl` ({"iteration", "heal": {...}}) and into the checkpoints' "heals" list, which
-`boxinst eval` prints. `boxinst train --no-heal` only warns, as before.
+`boxinst eval` prints. `boxinst train --no-heal` only warns, as before. The snapshot lives in
+memory: a run resumed from `last.pt` starts with a snapshot of what it resumed.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from training.collapse import CHECK_FROM, CollapseMonitor
+from training.collapse import BOX_FILL, CHECK_FROM, OUTSIDE_FILL, CollapseMonitor
 
 # A heal needs this share of the schedule left, else the collapse is only reported.
 MIN_REMAINING = 0.4
-# The collapse reasons that a heal repairs: the ones checked from CHECK_FROM on (a head that
-# saturated, masks covering the image). Blobs ("box_fill", "spill") are judged only late in the
-# schedule (SHAPE_CHECK_FROM), when too little of it is left to train a new head.
-HEALED_REASONS = ("projection", "outside")
+# The collapse reason that a heal repairs: saturation, masks covering the pixels outside their
+# boxes. A projection loss that falls slowly while the masks stay in their boxes is a slow learner,
+# not a saturated one (measured: healing it threw away a head that was learning). Blobs
+# ("box_fill", "spill") are judged only late in the schedule (SHAPE_CHECK_FROM), when too little
+# of it is left to train a new head.
+HEALED_REASONS = ("outside",)
+
+
+@dataclass
+class Snapshot:
+    """The model and optimizer of the last logging window whose masks looked healthy (or of the
+    run's start), kept in memory (on the CPU) for a heal to go back to."""
+
+    iteration: int
+    model: dict
+    optimizer: dict
+    initial: bool  # taken when the run (or its resume) started, before any window was judged healthy
+
+    @classmethod
+    def take(cls, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+             initial: bool = False) -> "Snapshot":
+        return cls(iteration, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                   copy.deepcopy(_to_cpu(optimizer.state_dict())), initial)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def looks_healthy(window: dict) -> bool:
+    """Whether a logging window (CollapseMonitor.window's record) shows masks that are not
+    saturated: they mark at most OUTSIDE_FILL of the pixels outside their boxes and at most
+    BOX_FILL of the boxes. A window without mask statistics is not healthy evidence."""
+    return ("mask_outside_fill" in window and not window.get("collapse")
+            and window["mask_outside_fill"] <= OUTSIDE_FILL and window["mask_box_fill"] <= BOX_FILL)
 
 
 def mask_side_prefixes() -> tuple[str, ...]:
@@ -55,6 +98,8 @@ class Heal:
     reasons: dict[str, str]
     mask_lr_scale: float
     seed: int
+    rolled_back_to: int | None = None  # the iteration of the snapshot the model went back to
+    reinitialised: bool = True  # whether the controller and mask branch were drawn afresh
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,15 +167,28 @@ def scale_mask_side_lr(optimizer: torch.optim.Optimizer, scale: float) -> float:
 
 
 def heal(model: nn.Module, build, optimizer: torch.optim.Optimizer, monitor: CollapseMonitor, state: HealState,
-         reasons: dict[str, str], iteration: int, lr_scale: float, run_seed: int) -> Heal:
+         reasons: dict[str, str], iteration: int, lr_scale: float, run_seed: int,
+         snapshot: Snapshot | None = None) -> Heal:
     """Heal the mask side at `iteration` (see the module docstring) and record it in `state`: the
-    monitor starts over (its start measured again, judging from CHECK_FROM of the schedule later)."""
+    model and optimizer go back to `snapshot` (the last healthy window's) when given, the mask side
+    is re-initialised with its step lowered, and the monitor starts over (its start measured again,
+    judging from CHECK_FROM of the schedule later). The iteration count goes on: a heal spends
+    the same schedule, it does not lengthen it."""
     seed = run_seed * 1000 + len(state.heals) + 1
-    reinitialise_mask_side(model, build, seed)
+    scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+    if snapshot is not None:
+        model.load_state_dict(snapshot.model)
+        optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
+        for group, group_scale in zip(optimizer.param_groups, scales):
+            group["lr_scale"] = group_scale  # the heals so far keep their lowered steps
+    reinitialised = snapshot is None or snapshot.initial
+    if reinitialised:
+        reinitialise_mask_side(model, build, seed)
     scale = scale_mask_side_lr(optimizer, lr_scale)
     state.pairwise_from = iteration
     monitor.restart(iteration + int(round(CHECK_FROM * monitor.iters)))
-    record = Heal(iteration=iteration, reasons=dict(reasons), mask_lr_scale=scale, seed=seed)
+    record = Heal(iteration=iteration, reasons=dict(reasons), mask_lr_scale=scale, seed=seed,
+                  rolled_back_to=snapshot.iteration if snapshot is not None else None, reinitialised=reinitialised)
     state.heals.append(record.to_dict())
     return record
 
@@ -139,6 +197,11 @@ def describe(heals: list[dict]) -> str:
     """One line for `boxinst eval` and the end of training: "" when the run was never healed."""
     if not heals:
         return ""
-    at = ", ".join(f"iteration {h['iteration']} ({'; '.join(h['reasons'])})" for h in heals)
-    return (f"this run was healed {len(heals)} time(s): its mask head was re-initialised at {at}, the mask side's "
+    def one(h: dict) -> str:
+        back = h.get("rolled_back_to")
+        to = "" if back is None else f", back to iteration {back}" + (" with a new mask head" if h.get("reinitialised")
+                                                                     else "")
+        return f"iteration {h['iteration']} ({'; '.join(h['reasons'])}{to})"
+
+    return (f"this run was healed {len(heals)} time(s): at {', '.join(one(h) for h in heals)}; the mask side's "
             f"step is now x{heals[-1]['mask_lr_scale']:g} (training/heal.py)")

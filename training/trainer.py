@@ -28,7 +28,7 @@ from training.checkpoints import FINAL, LAST, load_for_resume, save_checkpoint
 from training.collapse import CollapseMonitor, summary as collapse_summary
 from training.config import TrainConfig
 from training.criterion import compute_losses
-from training.heal import HealState, describe as describe_heals, heal, is_mask_side, should_heal
+from training.heal import HealState, Snapshot, describe as describe_heals, heal, is_mask_side, looks_healthy, should_heal
 from training.data import CocoBoxDataset, collate
 from training.memory import check_memory, estimate_step_memory, largest_padded_hw, peak_resident_bytes
 
@@ -313,6 +313,7 @@ class _TrainingRun:
     out: Path
 
     heal_state: HealState = field(default_factory=HealState.fresh)
+    snapshot: Snapshot | None = None  # the last healthy window's model and optimizer (heal on)
 
     def save(self, iteration: int, name: str, with_optimizer: bool = True) -> None:
         """Checkpoint `out/name` on rank 0 (training/checkpoints.py: `last.pt` with the optimizer,
@@ -423,27 +424,37 @@ def _log_window(run: _TrainingRun, state: _LoopState, losses: dict[str, torch.Te
     state.collapsed = reasons
     if _agreed_to_heal(run, reasons, state.iteration):
         done = heal(run.model, functools.partial(build_model, run.model_cfg), run.optimizer, run.monitor,
-                    run.heal_state, reasons, state.iteration, run.train_cfg.heal_lr_scale, run.train_cfg.seed)
+                    run.heal_state, reasons, state.iteration, run.train_cfg.heal_lr_scale, run.train_cfg.seed,
+                    run.snapshot)
         record["heal"] = done.to_dict()
         state.collapsed = {}
         if run.info.is_main:
-            log.warning("iteration %d: healing the mask head (%d of at most %d): the controller and the mask branch "
-                        "re-initialised, their step x%g, the pairwise warm-up started again (training/heal.py; "
-                        "--no-heal only warns)", state.iteration, len(run.heal_state.heals), run.train_cfg.max_heals,
+            log.warning("iteration %d: healing the mask head (%d of at most %d): back to iteration %s%s, the mask "
+                        "side's step x%g, the pairwise warm-up started again (training/heal.py; --no-heal only warns)",
+                        state.iteration, len(run.heal_state.heals), run.train_cfg.max_heals, done.rolled_back_to,
+                        " with the controller and mask branch re-initialised" if done.reinitialised else "",
                         done.mask_lr_scale)
+    elif run.train_cfg.heal and _rank0_decides(run, looks_healthy(record)):
+        run.snapshot = Snapshot.take(run.model, run.optimizer, state.iteration)
     bar.set_postfix(loss=f"{record['loss']:.3f}")
     if run.info.is_main:
         _append_jsonl(run.out / "metrics.jsonl", record)
 
 
 def _agreed_to_heal(run: _TrainingRun, reasons: dict[str, str], iteration: int) -> bool:
-    """Whether to heal now (training/heal.py, should_heal), as rank 0 decides from its window:
-    every process heals together or none does."""
+    """Whether to heal now (training/heal.py, should_heal), as rank 0 decides from its window."""
     cfg = run.train_cfg
-    decision = [should_heal(reasons, iteration, cfg.iters, len(run.heal_state.heals), cfg.max_heals, cfg.heal)]
+    return _rank0_decides(run, should_heal(reasons, iteration, cfg.iters, len(run.heal_state.heals), cfg.max_heals,
+                                           cfg.heal))
+
+
+def _rank0_decides(run: _TrainingRun, flag: bool) -> bool:
+    """Rank 0's `flag` on every process (each judges its own window): every process heals, or
+    keeps a snapshot, together or none does."""
+    decision = [bool(flag)]
     if run.info.world_size > 1:
         dist.broadcast_object_list(decision, src=0)
-    return bool(decision[0])
+    return decision[0]
 
 
 def _train_loop(run: _TrainingRun, loader: DataLoader, start_iter: int, bar: tqdm) -> _LoopState:
@@ -533,6 +544,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     run = _TrainingRun(model, ddp_model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
                        _collapse_monitor(train_cfg, ckpt), model_cfg, train_cfg, info, dev, out,
                        HealState.from_state_dict(ckpt.get("heal_state") if ckpt is not None else None))
+    if train_cfg.heal:
+        run.snapshot = Snapshot.take(model, optimizer, start_iter, initial=True)  # what a heal goes back to until a healthy window
 
     if info.is_main:
         _announce(run, dataset, data_json, start_iter, memory_gb, memory_line)

@@ -139,8 +139,8 @@ def _add_train_sizes(s: argparse.ArgumentParser) -> None:
 def _add_train_run(s: argparse.ArgumentParser) -> None:
     s.add_argument("--clip-grad", type=float, default=0.0, help="gradient-norm clip (0: off)")
     s.add_argument("--no-heal", action="store_true",
-                   help="only warn when the mask head collapses (default: heal it: re-initialise the controller and "
-                        "mask branch at a lower step and go on, training/heal.py)")
+                   help="only warn when the mask head collapses (default: heal it: go back to the last healthy "
+                        "window, the mask side at a lower step, and go on; training/heal.py)")
     s.add_argument("--max-heals", type=int, default=None, help="heals at most per run (default 2)")
     s.add_argument("--checkpoint-period", type=int, default=None)
     s.add_argument("--log-period", type=int, default=None)
