@@ -10,7 +10,7 @@ therefore goes back in time:
 
 1. the model and optimizer return to the last logging window whose masks looked healthy
    (`looks_healthy`; a `Snapshot` kept in memory, or the run's start when none was);
-2. when that is the run's start, the controller (the FCOS head's conv that generates the dynamic
+2. when that is the start of a run from scratch, the controller (the FCOS head's conv that generates the dynamic
    heads' weights) and the mask branch get a fresh initialisation from a seed of their own (the
    same on every process); a healthy snapshot keeps its mask head;
 3. the mask side's learning rate is multiplied by `TrainConfig.heal_lr_scale` (each heal again,
@@ -53,7 +53,10 @@ class Snapshot:
     iteration: int
     model: dict
     optimizer: dict
-    initial: bool  # taken when the run (or its resume) started, before any window was judged healthy
+    # Taken at the start of a run from scratch, before any window was judged healthy: its mask side
+    # is only the draw of a seed, and a heal draws it again. False for a healthy window's, and for
+    # the start of a run from --init or --resume (a heal keeps the mask head it started with).
+    initial: bool
 
     @classmethod
     def take(cls, model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
@@ -171,9 +174,9 @@ def heal(model: nn.Module, build, optimizer: torch.optim.Optimizer, monitor: Col
          snapshot: Snapshot | None = None) -> Heal:
     """Heal the mask side at `iteration` (see the module docstring) and record it in `state`: the
     model and optimizer go back to `snapshot` (the last healthy window's) when given, the mask side
-    is re-initialised with its step lowered, and the monitor starts over (its start measured again,
-    judging from CHECK_FROM of the schedule later). The iteration count goes on: a heal spends
-    the same schedule, it does not lengthen it."""
+    is drawn again when there is none or it is the start of a run from scratch, its step is
+    lowered, and the monitor judges again from CHECK_FROM of the schedule later (against the run's
+    own start). The iteration count goes on: a heal spends the same schedule, it does not lengthen it."""
     seed = run_seed * 1000 + len(state.heals) + 1
     scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
     if snapshot is not None:

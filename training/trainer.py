@@ -544,8 +544,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data_json: str, out_di
     run = _TrainingRun(model, ddp_model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
                        _collapse_monitor(train_cfg, ckpt), model_cfg, train_cfg, info, dev, out,
                        HealState.from_state_dict(ckpt.get("heal_state") if ckpt is not None else None))
-    if train_cfg.heal:
-        run.snapshot = Snapshot.take(model, optimizer, start_iter, initial=True)  # what a heal goes back to until a healthy window
+    if train_cfg.heal:  # what a heal goes back to until a healthy window: a run from scratch redraws its mask side,
+        # one from --init or --resume keeps the weights it started from (an imported mask head is not thrown away)
+        run.snapshot = Snapshot.take(model, optimizer, start_iter, initial=ckpt is None and init_checkpoint is None)
 
     if info.is_main:
         _announce(run, dataset, data_json, start_iter, memory_gb, memory_line)
