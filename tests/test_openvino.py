@@ -17,7 +17,7 @@ pytest.importorskip("openvino", reason="the openvino extra (`pip install 'boxins
 from boxinst_serve.config import CONTRACT_VERSION  # noqa: E402
 from boxinst_serve.engines import load_engine  # noqa: E402
 from tests.parity import BOX_TOL_PX, MIN_MASK_IOU, NOISE, ORACLE_IMAGES, SCORE_TOL, Detections, compare  # noqa: E402
-from tests.test_adelaidet import _check_parity, oracle_checkpoint, oracle_onnx  # noqa: E402,F401 (fixtures)
+from tests.test_adelaidet import _check_parity  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,16 @@ def test_segment_runs_the_onnx_model_on_openvino(lite_onnx, tiny_shapes, tmp_pat
     assert "export the checkpoint first" in capsys.readouterr().err
 
 
+def test_the_ray_workers_build_the_engine_they_are_told(lite_onnx):
+    from boxinst_serve.apps.video.ray import PredictorSpec
+    from boxinst_serve.engines.openvino_engine import OpenVINOEngine
+
+    predict, close = PredictorSpec(model=str(lite_onnx), engine="openvino", threads=1)()  # what a worker calls
+    assert isinstance(predict.__self__.engine, OpenVINOEngine)
+    assert predict.__self__.engine.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    close()
+
+
 def test_bench_runs_openvino_on_an_exported_model_alone(lite_onnx, lite_ir):
     from boxinst_serve.apps.bench.run import _exported_engine_names, model_kind
 
@@ -157,7 +167,7 @@ def test_bench_runs_openvino_on_an_exported_model_alone(lite_onnx, lite_ir):
         _exported_engine_names(lite_onnx, "onnx", ["torch"], None, None, "fp32")
 
 
-# ---- AdelaiDet's own outputs (tests/test_adelaidet.py's oracle, fixtures and check) ----------------
+# ---- AdelaiDet's own outputs (the oracle fixtures of conftest.py, tests/test_adelaidet.py's check) ----
 @pytest.fixture(scope="module")
 def oracle_openvino_onnx(oracle_onnx):
     """OpenVINO on the oracle's exported .onnx, compiled once for the four photos."""
