@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[full,serve,client,cluster,dev]'
+	$(PY) -m pip install -q -e '.[full,serve,client,cluster,openvino,dev]'
 	touch $@
 
 # The whole suite, the slow box-only training test included: 27 minutes of pytest on a 2-core Intel

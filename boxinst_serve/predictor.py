@@ -1,6 +1,6 @@
 """One object from images to results, the only place the inference steps are chained:
 
-    predictor = Predictor.load("model.onnx")        # .pt checkpoint, .onnx model or .plan engine
+    predictor = Predictor.load("model.onnx")        # .pt checkpoint, .onnx model, OpenVINO .xml or .plan engine
     inst = predictor(image)                          # RGB uint8 [H, W, 3] -> Instances
     insts = predictor.predict_batch([a, b])          # one engine call for the batch
     insts, seconds = predictor.timed([a])            # + seconds of each stage {pre, network, post}
@@ -33,11 +33,13 @@ class Predictor:
         self._config = config
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", **engine_kwargs) -> "Predictor":
-        """The engine for the file's type (engines.load_engine): .pt, .onnx or .plan."""
+    def load(cls, path: str | os.PathLike, device: str = "cpu", engine: str | None = None,
+             **engine_kwargs) -> "Predictor":
+        """The engine for the file's type (engines.load_engine): .pt, .onnx, .xml (OpenVINO IR) or .plan;
+        `engine` names one instead (e.g. "openvino" for an .onnx file)."""
         from boxinst_serve.engines import load_engine
 
-        return cls(load_engine(path, device=device, **engine_kwargs))
+        return cls(load_engine(path, device=device, engine=engine, **engine_kwargs))
 
     @property
     def config(self) -> ModelConfig:

@@ -69,3 +69,25 @@ def lite_onnx(trained_lite, tmp_path_factory) -> Path:
     from export.onnx import export_onnx
 
     return export_onnx(trained_lite, tmp_path_factory.mktemp("lite_onnx"))
+
+
+@pytest.fixture(scope="session")
+def oracle_checkpoint(tmp_path_factory) -> Path:
+    """The AdelaiDet oracle's R-50 checkpoint (../shared/oracle/adelaidet_r50) imported, once per session
+    (tests/test_adelaidet.py, tests/test_openvino.py); skips, saying why, where ../shared is absent."""
+    from tests.parity import ORACLE
+    from training.adelaidet import import_adelaidet
+
+    if not (ORACLE / "boxinst_r50_random.pth").exists():
+        pytest.skip(f"the AdelaiDet oracle is not here ({ORACLE}): it ships with the project's CI, not with a clone")
+    out = tmp_path_factory.mktemp("oracle") / "imported.pt"
+    import_adelaidet(ORACLE / "boxinst_r50_random.pth", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def oracle_onnx(oracle_checkpoint, tmp_path_factory) -> Path:
+    """oracle_checkpoint exported to ONNX, once per session (ONNX Runtime and OpenVINO run it)."""
+    from export.onnx import export_onnx
+
+    return export_onnx(oracle_checkpoint, tmp_path_factory.mktemp("oracle_onnx"))

@@ -210,22 +210,8 @@ def test_fine_tuning_reinitialises_only_the_classification_layer(r50_state, tiny
 
 
 # ---- parity with AdelaiDet's own outputs ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def oracle_checkpoint(tmp_path_factory) -> Path:
-    if not (ORACLE / "boxinst_r50_random.pth").exists():
-        pytest.skip(f"the AdelaiDet oracle is not here ({ORACLE}): it ships with the project's CI, not with a clone")
-    out = tmp_path_factory.mktemp("oracle") / "imported.pt"
-    import_adelaidet(ORACLE / "boxinst_r50_random.pth", out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def oracle_onnx(oracle_checkpoint, tmp_path_factory) -> Path:
-    from export.onnx import export_onnx
-
-    return export_onnx(oracle_checkpoint, tmp_path_factory.mktemp("oracle_onnx"))
-
-
+# (oracle_checkpoint and oracle_onnx, the imported checkpoint and its export, are conftest.py's: made once
+# per session for these tests and tests/test_openvino.py's)
 def _check_parity(engine, name: str) -> None:
     from boxinst_serve.postprocess import instances_for
     from boxinst_serve.preprocess import prepare_for, read_image

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError, MemoryError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, MemoryError, ImportError) as e:  # ImportError: an extra
         print(f"boxinst {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                threads=args.threads, client_kwargs=client_security(args))
     elif args.video:
         if not args.checkpoint:
-            raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx or .plan)")
+            raise ValueError("--video needs --checkpoint MODEL (.pt, .onnx, .xml or .plan)")
         if args.ray_workers:
             out = run.bench_video_ray(args.video, args.checkpoint, workers=args.ray_workers,
                                       batch_size=args.batch_sizes[0], repeats=args.repeats)
@@ -52,13 +52,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("bench", help="end-to-end latency of the torch and onnxruntime engines")
+    s = sub.add_parser("bench", help="end-to-end latency of the torch, onnxruntime and openvino engines")
     s.add_argument("--checkpoint", default=None, help="weights (default: a freshly initialised --config)")
     s.add_argument("--config", default="lite")
     s.add_argument("--size", type=parse_size, default=None, help="test size HxW (short side x max side)")
     s.add_argument("--image", default=None, help="image file (default: random pixels of --size)")
     s.add_argument("--engines", default=None,  # None: torch,onnxruntime for a checkpoint (apps.bench.run)
-                   help="comma-separated: torch, onnxruntime, onnxruntime-int8, tensorrt")
+                   help="comma-separated: torch, onnxruntime, onnxruntime-int8, openvino, tensorrt (an exported "
+                        "--checkpoint: its one engine; openvino also runs a .onnx)")
     s.add_argument("--calibration", default=None, metavar="DATA.json",
                    help="onnxruntime-int8: calibrate on this COCO json's images (default: on the benchmark image)")
     s.add_argument("--calibration-images", type=int, default=64, help="onnxruntime-int8: images of --calibration")

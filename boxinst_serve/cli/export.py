@@ -1,4 +1,4 @@
-"""The export verb: a checkpoint to ONNX (+ INT8), a TensorRT plan, or a Triton repository's
+"""The export verb: a checkpoint to ONNX (+ INT8), an OpenVINO IR, a TensorRT plan, or a Triton repository's
 boxinst_net (the `export` package, imported inside the handlers: it needs torch)."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ValueError("give --out FOLDER (or --triton REPOSITORY)")
         if args.format == "onnx":
             return _export_onnx(args, int8)
+        if args.format == "openvino":
+            return _export_openvino(args, int8)
         return _export_tensorrt(args, int8)
 
 
@@ -81,6 +83,21 @@ def _export_onnx(args: argparse.Namespace, int8) -> int:
     return 0
 
 
+def _export_openvino(args: argparse.Namespace, int8) -> int:
+    from boxinst_serve.engines.openvino_engine import require_openvino
+
+    if int8 is not None:
+        raise ValueError("--int8 applies to --format onnx and tensorrt; --format openvino writes the fp32 IR")
+    require_openvino()  # before any export work: the clear error first
+    from export.openvino import export_openvino
+
+    xml = export_openvino(args.checkpoint, args.out, onnx_path=args.onnx, max_detections=args.max_detections,
+                          opset=args.opset)
+    print(f"OpenVINO IR: {xml} (+ {xml.with_suffix('.bin').name}, fp32); run it with "
+          f"`boxinst segment --model {xml}` or load_engine('{xml}')")
+    return 0
+
+
 def _export_tensorrt(args: argparse.Namespace, int8) -> int:
     from pathlib import Path
 
@@ -117,10 +134,10 @@ def _export_tensorrt(args: argparse.Namespace, int8) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("export", help="export a checkpoint to ONNX or a TensorRT plan")
+    s = sub.add_parser("export", help="export a checkpoint to ONNX, an OpenVINO IR or a TensorRT plan")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
-    s.add_argument("--out", default=None, help="output folder (model.onnx, model.plan)")
+    s.add_argument("--format", default="onnx", choices=("onnx", "openvino", "tensorrt"))
+    s.add_argument("--out", default=None, help="output folder (model.onnx; model.xml + model.bin; model.plan)")
     s.add_argument("--triton", default=None, metavar="REPOSITORY",
                    help="write boxinst_net (+ its serving config) into this Triton repository instead")
     s.add_argument("--flavour", default="cpu", choices=("cpu", "onnxruntime", "tensorrt"),
@@ -135,7 +152,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="inference resize (short side x max side) to record in the export, e.g. 384x640 "
                         "(default: the checkpoint's)")
     s.add_argument("--opset", type=int, default=18)
-    s.add_argument("--onnx", default=None, help="tensorrt: build from this ONNX file (default: OUT/model.onnx)")
+    s.add_argument("--onnx", default=None,
+                   help="tensorrt, openvino: build from this ONNX file (default: tensorrt OUT/model.onnx where it "
+                        "exists; openvino exports OUT/model.onnx anew)")
     _add_export_tensorrt(s)
     _add_export_int8(s)
     s.set_defaults(func=cmd_export)

@@ -51,13 +51,21 @@ def _client_or_engine(args: argparse.Namespace, max_workers: int | None = None):
         return client, None
     from boxinst_serve.engines import load_engine
 
-    return None, load_engine(args.model, device=args.device, **onnx_threads(args.model, getattr(args, "threads", 0)))
+    return None, load_engine(args.model, device=args.device, engine=args.engine,
+                             **engine_threads(args.model, getattr(args, "threads", 0)))
 
 
-def onnx_threads(model: str, threads: int) -> dict:
-    """load_engine's keywords for `--threads`: ONNX Runtime's intra-op threads of a .onnx model; none
-    for 0 (ONNX Runtime's default) or another kind of model."""
-    return {"threads": threads} if threads and str(model).lower().endswith(".onnx") else {}
+def engine_threads(model: str, threads: int) -> dict:
+    """load_engine's keywords for `--threads`: the intra-op threads of a .onnx model (ONNX Runtime's or
+    OpenVINO's) or an OpenVINO .xml IR; none for 0 (the runtime's default) or another kind of model."""
+    return {"threads": threads} if threads and str(model).lower().endswith((".onnx", ".xml")) else {}
+
+
+def add_engine(s: argparse.ArgumentParser) -> None:
+    """--engine: which runtime runs --model."""
+    s.add_argument("--engine", default="auto", choices=("auto", "onnxruntime", "openvino"),
+                   help="--model's runtime: auto (by file type: .onnx ONNX Runtime, .xml OpenVINO, .pt torch, "
+                        ".plan TensorRT) or openvino for a .onnx model (the `openvino` extra)")
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -100,7 +108,7 @@ def _video_on_ray(args: argparse.Namespace, camera: bool):
         logging.getLogger(__name__).warning("each worker holds %g GPU(s) but runs the model on the CPU "
                                             "(--device cuda to use them)", args.gpus_per_worker)
     spec = PredictorSpec(model=os.path.abspath(args.model) if args.model else None, url=args.url,
-                         device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
+                         engine=args.engine, device=args.device, timeout_s=args.timeout, max_requests=args.batch_size,
                          threads=args.threads, client_kwargs=client_security(args))
     cfg = RayConfig(address=None if args.ray == "local" else args.ray, workers=args.workers,
                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
@@ -147,7 +155,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("segment", help="segment images or folders: overlays + COCO results json")
     s.add_argument("inputs", nargs="*", help="image files or folders")
-    s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
+    s.add_argument("--model", default=None,
+                   help="checkpoint (.pt), ONNX model (.onnx), OpenVINO IR (.xml) or TensorRT plan (.plan)")
+    add_engine(s)
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
     s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
     add_client_security(s)
@@ -167,7 +177,9 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     s.add_argument("input", nargs="+", help="video files, folders of videos, globs ('clips/**/*.mp4'), list files "
                                             "(.txt: one per line), or one camera index such as 0")
     s.add_argument("--out", required=True, help="output folder (one sub-folder per video)")
-    s.add_argument("--model", default=None, help="checkpoint (.pt), ONNX model (.onnx) or TensorRT plan (.plan)")
+    s.add_argument("--model", default=None,
+                   help="checkpoint (.pt), ONNX model (.onnx), OpenVINO IR (.xml) or TensorRT plan (.plan)")
+    add_engine(s)
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
     s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
     add_client_security(s)
@@ -184,9 +196,10 @@ def _add_video(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1, help="--ray: worker actors (each loads the model once)")
     s.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per worker (fractions share one)")
     s.add_argument("--threads", type=int, default=0,
-                   help="a .onnx model's ONNX Runtime intra-op threads, in this process or in each --ray worker "
-                        "(default 0: ONNX Runtime's default, one per core of the node; so --ray workers run the "
-                        "model as the single process does, and on one node their outputs equal its byte for byte)")
+                   help="a .onnx model's ONNX Runtime intra-op threads (OpenVINO's for --engine openvino or a .xml "
+                        "model), in this process or in each --ray worker (default 0: the runtime's default, one per "
+                        "core of the node; so --ray workers run the model as the single process does, and on one "
+                        "node their outputs equal its byte for byte)")
     s.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="--ray: CPUs Ray reserves per worker (for its decoder and writer threads; a .pt model's "
                         "torch threads follow it, a .onnx model's are --threads)")

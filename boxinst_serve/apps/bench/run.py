@@ -15,9 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 
 DEFAULT_SIZE = (512, 512)  # the random image's HxW where no --size is given
-ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+ENGINES = ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "tensorrt")
 DEFAULT_ENGINES = ("torch", "onnxruntime")  # for a checkpoint: the same weights on both
-MODEL_SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".onnx": "onnx", ".plan": "plan", ".engine": "plan"}
+MODEL_SUFFIXES = {".pt": "checkpoint", ".pth": "checkpoint", ".onnx": "onnx", ".xml": "openvino", ".plan": "plan",
+                  ".engine": "plan"}
 
 
 @dataclass
@@ -28,12 +29,12 @@ class BenchOutput:
 
 
 def model_kind(path: str | Path) -> str:
-    """'checkpoint' (.pt), 'onnx' (.onnx) or 'plan' (.plan) for --checkpoint; ValueError naming what
-    it takes otherwise."""
+    """'checkpoint' (.pt), 'onnx' (.onnx), 'openvino' (.xml IR) or 'plan' (.plan) for --checkpoint;
+    ValueError naming what it takes otherwise."""
     kind = MODEL_SUFFIXES.get(Path(path).suffix.lower())
     if kind is None:
-        raise ValueError(f"--checkpoint takes a checkpoint (.pt), an ONNX model (.onnx) or a TensorRT plan (.plan), "
-                         f"got '{path}'")
+        raise ValueError(f"--checkpoint takes a checkpoint (.pt), an ONNX model (.onnx), an OpenVINO IR (.xml) or a "
+                         f"TensorRT plan (.plan), got '{path}'")
     return kind
 
 
@@ -49,7 +50,8 @@ def bench_engines(checkpoint: str | Path | None = None, engines: Sequence[str] |
 
     checkpoint: a .pt checkpoint (default: a freshly initialised preset `config`: speed does not
     depend on the weights), whose weights every engine of `engines` (default torch, onnxruntime)
-    runs; or an exported model, .onnx or .plan, benchmarked alone (no torch weights to compare).
+    runs; or an exported model, .onnx (on onnxruntime, or openvino), .xml or .plan, benchmarked alone (no
+    torch weights to compare).
     size: the test size HxW (a checkpoint's own when None) and the random image's size (512x512
     when None); image: an image file instead of random pixels. score_thresh: overrides the config's."""
     import torch
@@ -62,7 +64,7 @@ def bench_engines(checkpoint: str | Path | None = None, engines: Sequence[str] |
     engines = list(engines or DEFAULT_ENGINES)
     unknown = [n for n in engines if n not in ENGINES]
     if unknown:
-        raise ValueError(f"unknown engine {unknown[0]!r}: use torch, onnxruntime, onnxruntime-int8, tensorrt")
+        raise ValueError(f"unknown engine {unknown[0]!r}: use {', '.join(ENGINES)}")
     if threads:
         torch.set_num_threads(threads)
     h, w = size or DEFAULT_SIZE
@@ -91,20 +93,24 @@ def bench_engines(checkpoint: str | Path | None = None, engines: Sequence[str] |
 
 def _exported_engine_names(path, kind: str, engines: Sequence[str] | None, size, score_thresh,
                            precision: str) -> list[str]:
-    """The one engine an exported model runs on, after refusing what only a checkpoint allows."""
-    name = "tensorrt" if kind == "plan" else "onnxruntime"
+    """The one engine an exported model runs on (an .onnx: ONNX Runtime, or OpenVINO where `engines` is
+    just openvino), after refusing what only a checkpoint allows."""
+    name = {"plan": "tensorrt", "openvino": "openvino"}.get(kind, "onnxruntime")
     if kind == "onnx":
         from export.quantize import quantization_info
 
         if quantization_info(path):
             name = "onnxruntime-int8"
-        if precision == "fp16":
-            raise ValueError(f"'{path}' runs on ONNX Runtime as exported: --precision fp16 applies to a checkpoint "
-                             "benchmarked with torch or tensorrt")
-    what = "an ONNX model" if kind == "onnx" else "a TensorRT plan"
+        elif engines and list(engines) == ["openvino"]:
+            name = "openvino"
+    if kind in ("onnx", "openvino") and precision == "fp16":
+        raise ValueError(f"'{path}' runs as exported (fp32): --precision fp16 applies to a checkpoint benchmarked "
+                         "with torch or tensorrt")
+    what = {"onnx": "an ONNX model", "openvino": "an OpenVINO IR", "plan": "a TensorRT plan"}[kind]
     if engines and list(engines) != [name]:
-        raise ValueError(f"--checkpoint '{path}' is {what}: it runs on {name} alone (leave --engines out); "
-                         "compare engines on the same weights with a .pt checkpoint")
+        raise ValueError(f"--checkpoint '{path}' is {what}: it runs on {name} alone (leave --engines out"
+                         + ("; or --engines openvino" if kind == "onnx" and name == "onnxruntime" else "")
+                         + "); compare engines on the same weights with a .pt checkpoint")
     for flag, value in (("--size", size), ("--score-thresh", score_thresh)):
         if value is not None:
             raise ValueError(f"{flag} changes the model's config, which the export of '{path}' fixed: leave it out "
@@ -141,7 +147,8 @@ def _bench_checkpoint(work: Path, checkpoint, config: str, size, score_thresh) -
 
 
 class _CheckpointModels:
-    """Each engine of one checkpoint, the ONNX export made once for onnxruntime and onnxruntime-int8."""
+    """Each engine of one checkpoint, the ONNX export made once for onnxruntime, onnxruntime-int8 and openvino
+    (which runs the .onnx file as it is, as `boxinst export --format openvino` converts it)."""
 
     def __init__(self, checkpoint: Path, work: Path):
         self.checkpoint, self.work = checkpoint, work
@@ -166,11 +173,11 @@ class _CheckpointModels:
         if name == "tensorrt":
             return load_engine(self._tensorrt_plan(image, batch, precision))
         if precision == "fp16":
-            raise ValueError("the onnxruntime engine runs the fp32 graph: use torch or tensorrt for fp16"
-                             if name == "onnxruntime" else
+            raise ValueError(f"the {name} engine runs the fp32 graph: use torch or tensorrt for fp16"
+                             if name in ("onnxruntime", "openvino") else
                              "onnxruntime-int8 runs the INT8 graph: --precision applies to torch/tensorrt")
-        if name == "onnxruntime":
-            return load_engine(self.onnx(), device=device, threads=threads)
+        if name in ("onnxruntime", "openvino"):
+            return load_engine(self.onnx(), device=device, engine=name, threads=threads)
         return load_engine(self._int8(image, calibration, calibration_images), device=device, threads=threads)
 
     def _int8(self, image: np.ndarray, calibration: str | None, calibration_images: int) -> Path:
@@ -198,7 +205,7 @@ class _CheckpointModels:
 
 
 class _ExportedModel:
-    """An .onnx or .plan file: the one engine it runs on."""
+    """An .onnx, .xml or .plan file: the one engine it runs on."""
 
     def __init__(self, path):
         self.path = path
@@ -209,7 +216,7 @@ class _ExportedModel:
 
         if name == "tensorrt":
             return load_engine(self.path)
-        return load_engine(self.path, device=device, threads=threads)
+        return load_engine(self.path, device=device, engine="openvino" if name == "openvino" else None, threads=threads)
 
 
 def engine_config(onnx_path: Path):

@@ -89,7 +89,7 @@ def video_lock(out_dir: str | os.PathLike, timeout_s: float) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """What each worker builds once: an engine from `model` (.pt, .onnx or .plan, on `device`) or a
+    """What each worker builds once: an engine from `model` (.pt, .onnx, .xml or .plan, on `device`; `engine`) or a
     client to the Triton server at `url` (one per node: localhost:8001), `max_requests` frames in
     flight. Calling it (in the worker) returns (predict, close)."""
     model: str | None = None
@@ -97,7 +97,8 @@ class PredictorSpec:
     device: str = "cpu"
     timeout_s: float = 30.0
     max_requests: int = 8
-    threads: int = 0  # .onnx: ONNX Runtime intra-op threads (0: its default, one per core of the node)
+    threads: int = 0  # .onnx/.xml: the runtime's intra-op threads (0: its default, one per core of the node)
+    engine: str = "auto"  # load_engine's engine: auto (by file type), onnxruntime or openvino
     client_kwargs: dict = field(default_factory=dict)  # --url: TLS and key (BoxInstClient's keywords)
 
     def __post_init__(self) -> None:
@@ -120,8 +121,9 @@ class PredictorSpec:
             return client_batch_predictor(client), client.close
         from boxinst_serve.engines import load_engine
 
-        kwargs = {"threads": self.threads} if self.threads and self.model.endswith(".onnx") else {}
-        return engine_batch_predictor(load_engine(self.model, device=self.device, **kwargs)), lambda: None
+        kwargs = {"threads": self.threads} if self.threads and self.model.lower().endswith((".onnx", ".xml")) else {}
+        engine = load_engine(self.model, device=self.device, engine=self.engine, **kwargs)
+        return engine_batch_predictor(engine), lambda: None
 
 
 @dataclass(frozen=True)
