@@ -305,6 +305,32 @@ def test_int8_detections_agree_with_fp32_on_a_trained_checkpoint(confident_lite,
     assert counts["nms_swaps"] <= counts["detections"] // 5, counts
 
 
+def test_openvino_int8_detections_agree_with_fp32_and_the_export_times_both(confident_lite, tiny_shapes, tmp_path,
+                                                                             capsys):
+    """`boxinst export --format openvino --int8`: model_int8.xml (NNCF) beside model.xml, with the
+    metadata and how it was made; its detections agree with the fp32 graph's by the same checks as
+    ONNX Runtime's INT8 (int8_disagreements), and the export prints the two timings on this CPU."""
+    pytest.importorskip("openvino", reason="the openvino extra (`pip install 'boxinst-serve[openvino]'`)")
+    from boxinst_serve.engines.openvino_engine import model_metadata
+
+    assert main(["export", "--checkpoint", str(confident_lite), "--format", "openvino", "--out", str(tmp_path),
+                 "--int8", "--calibration", tiny_shapes["train"]]) == 0
+    out = capsys.readouterr().out
+    assert "INT8 OpenVINO IR" in out and " ms (" in out and "x)" in out, out
+    int8_xml = tmp_path / "model_int8.xml"
+    engine = load_engine(int8_xml)
+    import openvino as ov
+
+    meta = model_metadata(ov.Core().read_model(str(int8_xml)))
+    assert json.loads(meta["quantization"])["tool"].startswith("nncf") and "model_config" in meta
+    batch, _ = prepare_batch(_images(tiny_shapes, 4), 128, 160)
+    problems, counts = int8_disagreements(load_engine(tmp_path / "model.onnx")(batch), engine(batch))
+    print(counts)
+    assert not problems, problems
+    assert counts["mean_box_iou"] >= 0.95 and counts["pooled_mask_iou"] >= 0.9, counts
+    assert counts["detections"] >= 8 and counts["masks"] >= 6, f"the check needs confident detections: {counts}"
+
+
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

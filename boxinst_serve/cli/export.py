@@ -86,8 +86,6 @@ def _export_onnx(args: argparse.Namespace, int8) -> int:
 def _export_openvino(args: argparse.Namespace, int8) -> int:
     from boxinst_serve.engines.openvino_engine import require_openvino
 
-    if int8 is not None:
-        raise ValueError("--int8 applies to --format onnx and tensorrt; --format openvino writes the fp32 IR")
     require_openvino()  # before any export work: the clear error first
     from export.openvino import export_openvino
 
@@ -95,7 +93,38 @@ def _export_openvino(args: argparse.Namespace, int8) -> int:
                           opset=args.opset)
     print(f"OpenVINO IR: {xml} (+ {xml.with_suffix('.bin').name}, fp32); run it with "
           f"`boxinst segment --model {xml}` or load_engine('{xml}')")
+    if int8 is not None:
+        _export_openvino_int8(args, int8, xml)
     return 0
+
+
+# INT8 below this speed-up over fp32 on the exporting CPU is reported as not paying there.
+INT8_MIN_GAIN = 1.1
+
+
+def _export_openvino_int8(args: argparse.Namespace, int8, xml) -> None:
+    """model_int8.xml beside `xml` (NNCF), then both timed on this CPU: the export says whether
+    INT8 pays here, and keeps fp32 as what it recommends where it does not."""
+    from pathlib import Path
+
+    from boxinst_serve.config import ModelConfig
+    from boxinst_serve.measure import machine_description
+    from export.calibration import CalibrationImages
+    from export.onnx import read_metadata
+    from export.openvino import int8_speedup, quantize_ir
+
+    onnx_path = Path(args.onnx) if args.onnx else Path(args.out) / "model.onnx"
+    q = quantize_ir(onnx_path, int8, args.out)
+    cfg = ModelConfig.from_json(read_metadata(onnx_path)["model_config"])
+    image = next(iter(CalibrationImages.from_coco(int8.calibration, cfg, 1, int8.images_dir)))
+    fp32_ms, int8_ms = int8_speedup(xml, q, image)
+    gain = fp32_ms / int8_ms
+    print(f"INT8 OpenVINO IR: {q} (NNCF, calibrated on {args.calibration}; float: "
+          f"{', '.join(int8.exclude) or 'only what NNCF keeps'}); on this CPU ({machine_description()}), "
+          f"one {image.shape[2]}x{image.shape[1]} image: fp32 {fp32_ms:.1f} ms, int8 {int8_ms:.1f} ms ({gain:.2f}x)")
+    if gain < INT8_MIN_GAIN:
+        print(f"INT8 does not pay on this CPU ({gain:.2f}x < {INT8_MIN_GAIN}x): keep {xml.name} (fp32) here; "
+              "another CPU kind may differ (docs/benchmarks.md)")
 
 
 def _export_tensorrt(args: argparse.Namespace, int8) -> int:
@@ -140,9 +169,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default=None, help="output folder (model.onnx; model.xml + model.bin; model.plan)")
     s.add_argument("--triton", default=None, metavar="REPOSITORY",
                    help="write boxinst_net (+ its serving config) into this Triton repository instead")
-    s.add_argument("--flavour", default="cpu", choices=("cpu", "onnxruntime", "tensorrt"),
-                   help="--triton: cpu = Python backend + ONNX Runtime (runs anywhere); onnxruntime / tensorrt "
-                        "for NVIDIA's GPU container")
+    s.add_argument("--flavour", default="cpu", choices=("cpu", "openvino", "onnxruntime", "tensorrt"),
+                   help="--triton: cpu = Python backend + ONNX Runtime (runs anywhere); openvino = Python "
+                        "backend + OpenVINO (the IR; NNCF INT8 with --int8); onnxruntime / tensorrt for NVIDIA's "
+                        "GPU container")
     s.add_argument("--instances", type=int, default=1, help="--triton: boxinst_net instances")
     s.add_argument("--trt-accelerator", action="store_true",
                    help="--triton --flavour onnxruntime: TensorRT execution accelerator")
@@ -176,7 +206,8 @@ def _add_export_tensorrt(s: argparse.ArgumentParser) -> None:
 
 def _add_export_int8(s: argparse.ArgumentParser) -> None:
     s.add_argument("--int8", action="store_true",
-                   help="onnx: also write OUT/model_int8.onnx (ONNX Runtime static INT8, QDQ); tensorrt: INT8 plan; "
+                   help="onnx: also write OUT/model_int8.onnx (ONNX Runtime static INT8, QDQ); openvino: also "
+                        "OUT/model_int8.xml (NNCF), timed against fp32 on this CPU; tensorrt: INT8 plan; "
                         "--triton: serve the INT8 engine")
     s.add_argument("--calibration", default=None, metavar="DATA.json",
                    help="--int8: COCO json whose images calibrate the INT8 ranges (images/ beside it)")

@@ -31,10 +31,11 @@ def require_openvino():
 
 def model_metadata(model) -> dict[str, str]:
     """The boxinst metadata in an openvino.Model's rt_info (the first section of METADATA_SECTIONS
-    that has a model_config), as strings; {} when there is none."""
+    that has a model_config), as strings, with "quantization" for an INT8 IR
+    (export/openvino.py quantize_ir); {} when there is none."""
     for section in METADATA_SECTIONS:
         if model.has_rt_info([section, "model_config"]):
-            return {key: model.get_rt_info([section, key]).astype(str) for key in METADATA_KEYS
+            return {key: model.get_rt_info([section, key]).astype(str) for key in (*METADATA_KEYS, "quantization")
                     if model.has_rt_info([section, key])}
     return {}
 
