@@ -38,8 +38,11 @@ from boxinst_serve.serving import ServingConfig
 from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
-FLAVOURS = ("cpu", "onnxruntime", "tensorrt")
+FLAVOURS = ("cpu", "openvino", "onnxruntime", "tensorrt")
+# The Python-backend flavours (the CPU server of `boxinst serve`) and the network step each copies.
+PYTHON_FLAVOURS = ("cpu", "openvino")
 CPU_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_onnxruntime_cpu.py"
+OPENVINO_MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "net_openvino_cpu.py"
 # The models of the packaged model_repository/ (packaged_repository): all but the network and the
 # one-process model, which exports write.
 PACKAGED_MODELS = tuple(m for m in REQUIRED_MODELS + OPTIONAL_MODELS if m not in (NET_MODEL, FUSED_RAW_MODEL))
@@ -47,7 +50,7 @@ PACKAGED_MODELS = tuple(m for m in REQUIRED_MODELS + OPTIONAL_MODELS if m not in
 # costs little more than one, so 1 ms of waiting pays under load. On the CPU a batch costs its
 # size in time (docs/benchmarks.md, video), so waiting only adds latency: requests that arrive
 # while the network runs are batched anyway.
-BATCH_DELAY_US = {"cpu": 0, "onnxruntime": 1000, "tensorrt": 1000}
+BATCH_DELAY_US = {"cpu": 0, "openvino": 0, "onnxruntime": 1000, "tensorrt": 1000}
 
 
 def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instances: int = 1,
@@ -57,11 +60,11 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     k = cfg.max_detections
-    head = {"cpu": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
+    head = {"cpu": 'backend: "python"', "openvino": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
             "tensorrt": 'platform: "tensorrt_plan"'}[flavour]
     # The contract's num_detections is [B]: Triton needs dims [1] reshaped to [] for that.
-    num_reshape = "" if flavour == "cpu" else ", reshape: { shape: [ ] }"
-    kind = "KIND_CPU" if flavour == "cpu" else "KIND_GPU"
+    num_reshape = "" if flavour in PYTHON_FLAVOURS else ", reshape: { shape: [ ] }"
+    kind = "KIND_CPU" if flavour in PYTHON_FLAVOURS else "KIND_GPU"
     lines = [
         f'name: "{NET_MODEL}"',
         head,
@@ -172,7 +175,16 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         cfg = OnnxRuntimeEngine(onnx_file).config  # the config the graph was exported with
-        if int8 is not None and flavour != "tensorrt":
+        if flavour == "openvino":
+            from export.openvino import convert_onnx, quantize_ir
+
+            if int8 is not None:  # NNCF's INT8 of the graph (export/openvino.py), not ONNX Runtime's
+                quantize_ir(onnx_file, int8, version, "model.xml")
+            else:
+                convert_onnx(onnx_file, version)
+            shutil.copyfile(OPENVINO_MODEL_TEMPLATE, version / "model.py")
+            onnx_file.unlink()
+        elif int8 is not None and flavour != "tensorrt":
             from export.quantize import quantize_exported
 
             fp32_file = onnx_file.with_name("model_fp32.onnx")

@@ -33,6 +33,20 @@ def net_onnx_path(repository: str | os.PathLike) -> Path:
     return path
 
 
+def net_engine(repository: str | os.PathLike, threads: int = 0, spinning: bool = True):
+    """The in-process engine of a repository's boxinst_net: OpenVINO on 1/model.xml for an
+    `openvino` flavour export, else ONNX Runtime's CPU provider on 1/model.onnx (net_onnx_path).
+    threads: intra-op threads (0 = the runtime's default); spinning: ONNX Runtime's only."""
+    xml = Path(repository) / NET_MODEL / "1" / "model.xml"
+    if xml.is_file():
+        from boxinst_serve.engines.openvino_engine import OpenVINOEngine
+
+        return OpenVINOEngine(xml, threads=threads)
+    from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(net_onnx_path(repository), provider="cpu", threads=threads, spinning=spinning)
+
+
 @dataclass
 class FramePipeline:
     """frame RGB uint8 [H, W, 3] (or [1, H, W, 3]) -> Instances at the frame's resolution.
@@ -51,13 +65,11 @@ class FramePipeline:
     @classmethod
     def from_repository(cls, repository: str | os.PathLike, threads: int = 0, spinning: bool = True,
                         max_pixels: int | None = None) -> "FramePipeline":
-        """The served model of a repository: its ServingConfig and boxinst_net's model.onnx on ONNX
-        Runtime's CPU provider (threads: intra-op threads, 0 = default; spinning: see
-        OnnxRuntimeEngine)."""
-        from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
-
+        """The served model of a repository: its ServingConfig and boxinst_net's engine (net_engine:
+        ONNX Runtime's CPU provider on model.onnx, OpenVINO on an openvino export's model.xml;
+        threads: intra-op threads, 0 = default; spinning: see OnnxRuntimeEngine)."""
         serving = ServingConfig.load(repository)
-        engine = OnnxRuntimeEngine(net_onnx_path(repository), provider="cpu", threads=threads, spinning=spinning)
+        engine = net_engine(repository, threads, spinning)
         return cls(serving, engine, max_pixels)
 
     def timed(self, frame: np.ndarray) -> tuple[Instances, dict[str, float]]:

@@ -145,3 +145,33 @@ def respond_each(requests: list, handle, pb_utils, step: str) -> list:
         except Exception as e:  # noqa: BLE001 - every failure goes back to its own caller
             responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{step}: {e}")))
     return responses
+
+
+def run_network_grouped(engine, requests: list, pb_utils, step: str = NET_MODEL) -> list:
+    """The network step's execute() for an in-process engine (ONNX Runtime, OpenVINO: the cpu and
+    openvino flavours' boxinst_net): the requests of one dynamic batch that share a padded shape
+    run as one engine batch; a failing group gets error responses naming the step, and the
+    others are served. num_detections goes out as [b, 1] (Triton's dims [1])."""
+    from boxinst_serve.config import OUTPUT_NAMES
+
+    images = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
+    responses = [None] * len(requests)
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape[1:], []).append(i)
+    for idx in groups.values():
+        try:
+            batch = np.concatenate([images[i] for i in idx]) if len(idx) > 1 else images[idx[0]]
+            out = engine(batch)
+            row = 0
+            for i in idx:
+                b = images[i].shape[0]
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(
+                    out[name][row:row + b].reshape(b, 1) if name == "num_detections" else out[name][row:row + b]))
+                    for name in OUTPUT_NAMES]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                row += b
+        except Exception as e:  # noqa: BLE001 - answer every request of the failed group
+            for i in idx:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{step}: {e}"))
+    return responses
