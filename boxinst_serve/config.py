@@ -36,8 +36,12 @@ class ModelConfig:
     """Architecture and inference defaults of a CondInst/BoxInst model (SPEC.md, "Network")."""
 
     name: str = "r50_fpn"
-    # Backbone: torchvision ResNet depth 18/34/50/101.
+    # Backbone: "resnet" (torchvision ResNet of `backbone_depth` 18/34/50/101, its channels times
+    # `backbone_width`), or a torchvision mobile network trained from scratch ("mobilenet_v3_large",
+    # "regnet_x_400mf", "shufflenet_v2_x1_0"; boxinst_serve/model/backbone.py; `backbone_depth` 0).
+    backbone: str = "resnet"
     backbone_depth: int = 50
+    backbone_width: float = 1.0
     # "frozen_bn" (release default, ImageNet-initialised backbones) or "bn" (trainable BatchNorm,
     # for backbones trained from scratch such as `lite`).
     backbone_norm: str = "frozen_bn"
