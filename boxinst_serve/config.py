@@ -2,7 +2,7 @@
 
 `ModelConfig` is saved inside every checkpoint (as a plain dict) and into the ONNX metadata, and
 read back from there by every other part. Presets are plain functions (`r50_fpn`, `r101_fpn`,
-`lite`) collected in `PRESETS`; no registry, no string-to-class magic beyond that one dict.
+`lite`, `nano`) collected in `PRESETS`; no registry, no string-to-class magic beyond that one dict.
 
 This module imports only the standard library so that light clients can use it.
 """
@@ -36,8 +36,12 @@ class ModelConfig:
     """Architecture and inference defaults of a CondInst/BoxInst model (SPEC.md, "Network")."""
 
     name: str = "r50_fpn"
-    # Backbone: torchvision ResNet depth 18/34/50/101.
+    # Backbone: "resnet" (torchvision ResNet of `backbone_depth` 18/34/50/101, its channels times
+    # `backbone_width`), or a torchvision mobile network trained from scratch ("mobilenet_v3_large",
+    # "regnet_x_400mf", "shufflenet_v2_x1_0"; boxinst_serve/model/backbone.py; `backbone_depth` 0).
+    backbone: str = "resnet"
     backbone_depth: int = 50
+    backbone_width: float = 1.0
     # "frozen_bn" (release default, ImageNet-initialised backbones) or "bn" (trainable BatchNorm,
     # for backbones trained from scratch such as `lite`).
     backbone_norm: str = "frozen_bn"
@@ -207,7 +211,39 @@ def lite(num_classes: int = 80) -> ModelConfig:
     )
 
 
-PRESETS = {"r50_fpn": r50_fpn, "r101_fpn": r101_fpn, "lite": lite}
+# YOLO11n-seg's FLOPs at 384x512, the budget of `nano`, by the counter of `boxinst info` (torch's
+# FlopCounterMode over one forward of the module: convolutions and matrix products, 1 multiply-add =
+# 2 FLOPs): ultralytics 8.4.190's yolo11n-seg.yaml (80 classes, random weights, fused or not) counts
+# 4.69 GFLOPs at 384x512 and 9.80 at 640x640, as ultralytics' own counter (thop, 2 x MACs) does.
+YOLO11N_SEG_GFLOPS_384X512 = 4.69
+
+
+def nano(num_classes: int = 80) -> ModelConfig:
+    """For real time on a CPU: ShuffleNetV2 x1.0 (trainable BatchNorm, from scratch) with a 32-channel
+    FPN, FCOS head and mask branch: 2.3 GFLOPs at 384x512, half of YOLO11n-seg's
+    (YOLO11N_SEG_GFLOPS_384X512). Of the candidates under that budget it ran fastest on one CPU
+    thread, in PyTorch and ONNX Runtime (docs/benchmarks.md, "The nano preset"). Trains and tests
+    at lite's sizes (training/config.py, RECIPES); its convergence is not yet measured."""
+    return ModelConfig(
+        name="nano",
+        backbone="shufflenet_v2_x1_0",
+        backbone_depth=0,
+        backbone_norm="bn",
+        freeze_at=0,
+        fpn_channels=32,
+        head_channels=32,
+        head_num_convs=2,
+        head_gn_groups=8,
+        bbox_activation="exp",
+        num_classes=num_classes,
+        mask_branch_channels=32,
+        mask_branch_num_convs=2,
+        min_size_test=256,
+        max_size_test=448,
+    )
+
+
+PRESETS = {"r50_fpn": r50_fpn, "r101_fpn": r101_fpn, "lite": lite, "nano": nano}
 
 
 def preset(name: str, num_classes: int = 80) -> ModelConfig:

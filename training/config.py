@@ -58,11 +58,14 @@ class Recipe:
 # The one table of training defaults. The paper's recipe (batch 16, short side 640..800, long side
 # <= 1333) for the presets on CUDA; `lite`, the CPU preset, at a CPU-sized batch and its
 # own small test size (short side 192..256, long side <= 448: what `make demo` trains at), so 2
-# cores train it at well under 2 s per iteration; a big preset on a CPU at batch 2 (the memory
+# cores train it at well under 2 s per iteration; `nano`, the real-time CPU preset, the same way
+# (its convergence on the shapes not yet measured); a big preset on a CPU at batch 2 (the memory
 # guard of training/memory.py says whether even that fits).
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("lite", "cpu"): Recipe(batch_size=4, num_scales=3, num_workers=1),
     ("lite", "cuda"): Recipe(batch_size=16, num_scales=3, num_workers=4),
+    ("nano", "cpu"): Recipe(batch_size=4, num_scales=3, num_workers=1),
+    ("nano", "cuda"): Recipe(batch_size=16, num_scales=3, num_workers=4),
     ("r50_fpn", "cuda"): Recipe(batch_size=16, num_scales=6, num_workers=4),
     ("r101_fpn", "cuda"): Recipe(batch_size=16, num_scales=6, num_workers=4),
     ("r50_fpn", "cpu"): Recipe(batch_size=2, num_scales=6, num_workers=1),

@@ -85,12 +85,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, help="COCO json with boxes (segmentations optional)")
     s.add_argument("--images", default=None, help="image folder (default: images/ beside the json)")
     s.add_argument("--config", default=None,
-                   help="model preset: r50_fpn (default), r101_fpn, lite; with --init, the checkpoint's")
+                   help="model preset: r50_fpn (default), r101_fpn, lite, nano; with --init, the checkpoint's")
     s.add_argument("--iters", type=int, default=90000)
     s.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.json")
     s.add_argument("--batch-size", type=int, default=None,
                    help="images per iteration, all processes together (default: the preset's on this device: "
-                        "lite 4 on a CPU, the paper's 16 for r50_fpn/r101_fpn on CUDA; training/config.py RECIPES)")
+                        "lite and nano 4 on a CPU, the paper's 16 for r50_fpn/r101_fpn on CUDA; "
+                        "training/config.py RECIPES)")
     s.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the paper's 0.01 at any --batch-size, not scaled with it: scaled "
                         "linearly, lite's CPU batch of 4 would get 0.0025, where masks stayed blobs on 2 of 3 seeds, "
