@@ -47,11 +47,12 @@ class OpenVINOEngine:
     it). device: "cpu" or an OpenVINO device name ("CPU", "GPU", ...; only the CPU is verified).
     threads: OpenVINO's inference_num_threads (0 = OpenVINO's default). Inference runs in fp32
     (the inference_precision hint): OpenVINO's CPU default is bf16 on CPUs that have it, which
-    would move scores and masks past the network contract's parity with ONNX Runtime.
+    would move scores and masks past the network contract's parity with ONNX Runtime. `precision`
+    None leaves the plugin's own choice (faster where bf16 is; not held to the parity tolerances).
     Dynamic batch, height and width, as exported; every call gets its own infer request, so the
     engine may be called from several threads."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, precision: str | None = "f32"):
         ov = require_openvino()
         path = Path(path)
         if not path.exists():
@@ -71,7 +72,7 @@ class OpenVINOEngine:
         self.class_names = json.loads(meta.get("class_names", "[]"))
         self.contract_version = meta.get("contract_version")
         ov_device = "CPU" if device.lower() == "cpu" else device
-        properties = {"INFERENCE_PRECISION_HINT": "f32"}
+        properties = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
         if threads:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, ov_device, properties)
