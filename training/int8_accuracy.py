@@ -1,4 +1,4 @@
-"""What INT8 costs in accuracy: fp32 vs INT8 ONNX Runtime engines of one checkpoint.
+"""What INT8 costs in accuracy: fp32 vs INT8 ONNX Runtime (and OpenVINO) engines of one checkpoint.
 
 For each INT8 variant (calibration method x convolution groups kept in float) the table gives
 pycocotools box and mask AP on a COCO json with masks (e.g. the shapes validation set), next to
@@ -10,6 +10,9 @@ at a given input size (same run), so that what stays float is chosen on accuracy
     python -m training.int8_accuracy --checkpoint RUN/final.pt --data shapes/val.json \\
         --calibration shapes/train.json [--variants minmax:head_outputs+mask_branch_out,entropy:none] \\
         [--time-size 384x512] [--json OUT.json]
+
+A variant `nncf[:GROUPS]` is OpenVINO's INT8 (NNCF, export/openvino.py quantize_ir, convolutions
+only); with one, the table also has the fp32 graph on OpenVINO, its reference.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ class Variant:
 
         method, _, rest = text.partition(":")
         groups, _, ops = rest.partition(":")
-        if method not in CALIBRATION_METHODS:
+        if method not in (*CALIBRATION_METHODS, NNCF):
             raise ValueError(f"variant {text!r}: method must be one of {CALIBRATION_METHODS}")
         exclude = tuple(DEFAULT_EXCLUDE) if groups in ("", "default") else \
             () if groups == "none" else tuple(g for g in groups.split("+") if g)
@@ -61,6 +64,9 @@ class Variant:
     def name(self) -> str:
         ops = "" if self.op_types == ("Conv",) else ":" + "+".join(self.op_types)
         return f"{self.method}:{'+'.join(self.exclude) or 'none'}{ops}"
+
+
+NNCF = "nncf"  # the variant method of OpenVINO's INT8
 
 
 def engine_predictions(engine, gt: COCO, images_dir: Path) -> list[dict[str, Any]]:
@@ -162,7 +168,23 @@ def compare(checkpoint: str, data_json: str, calibration_json: str, variants: li
 
         fp32_row, fp32_results = row(fp32_path, "fp32")
         rows = []
+        if any(v.method == NNCF for v in variants):
+            from export.openvino import convert_onnx
+
+            r, results = row(convert_onnx(fp32_path, Path(tmp)), "fp32 openvino")
+            r["agreement"] = agreement(fp32_results, results, score_thresh)
+            rows.append(r)
         for v in variants:
+            if v.method == NNCF:
+                from export.openvino import quantize_ir
+
+                q = quantize_ir(fp32_path, Int8Options(calibration_json, num_images, exclude=v.exclude,
+                                                       images_dir=calibration_dir), Path(tmp), f"nncf_{len(rows)}.xml")
+                r, results = row(q, f"int8 openvino {v.name}")
+                r["variant"] = v.name
+                r["agreement"] = agreement(fp32_results, results, score_thresh)
+                rows.append(r)
+                continue
             q = quantize_exported(fp32_path, Int8Options(calibration_json, num_images, v.method, v.exclude,
                                                          calibration_dir, op_types=v.op_types),
                                   Path(tmp) / "model_int8.onnx",
