@@ -8,7 +8,9 @@ supervisor closes that gap:
 - **watch**: every `poll_s` it lists the server's stub processes (`/proc`: each stub's argv names
   its instance, e.g. `boxinst_postprocess_0_0`, and its parent server's pid) and compares them with
   those seen once the server was ready;
-- **probe**: every `probe_s` (and on demand, `probe()`) a tiny inference through each ensemble;
+- **probe**: every `probe_s` (and on demand, `probe()`) a tiny inference through each ensemble; a
+  refusal of a bounded queue (full, or the probe past its deadline: serving/queue.py) is load, not a
+  fault, as long as the model answered requests since the last probe (Triton's statistics);
 - **heal**: a dead or failing step is *unloaded and loaded again* through the model-repository API
   (the server runs with `--model-control-mode=explicit`). Unloading makes the server's own ready
   endpoint answer not ready until the load completes, so probes and load balancers see the outage.
@@ -65,6 +67,7 @@ class Supervisor:
     def __post_init__(self):
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one recovery at a time (the watch loop and probe() on demand)
+        self._answered: dict[str, int] = {}  # requests each probed model answered, at its last busy refusal
         self._thread: threading.Thread | None = None
         self._recoveries: list[float] = []
 
@@ -99,7 +102,7 @@ class Supervisor:
 
         import tritonclient.grpc as grpcclient
 
-        from boxinst_serve.client.grpc_client import _raw_request, _request
+        from boxinst_serve.client.grpc_client import QUEUE_FULL, QUEUE_TIMEOUT, _raw_request, _request
 
         frame = np.full((*PROBE_SIZE, 3), 114, np.uint8)
         client = self.server.grpc_client()
@@ -116,10 +119,23 @@ class Supervisor:
                 try:
                     client.infer(model, inputs, outputs=outputs, client_timeout=self.settings.probe_timeout_s)
                 except Exception as e:  # noqa: BLE001 - any failure of the probe is the finding
+                    if (QUEUE_FULL in str(e) or QUEUE_TIMEOUT in str(e)) and self._served_since(client, model):
+                        continue  # busy, and serving: load, not a fault
                     return f"{model}: {e}"
             return None
         finally:
             client.close()
+
+    def _served_since(self, client, model: str) -> bool:
+        """Whether `model` answered requests since its last busy refusal of a probe (the first one
+        counts as serving): a step that hangs fills its queue too, but answers nothing."""
+        try:
+            stats = client.get_inference_statistics(model, as_json=True, client_timeout=self.settings.probe_timeout_s)
+            answered = int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+        except Exception:  # noqa: BLE001 - no statistics: the refusal stands as the finding
+            return False
+        before, self._answered[model] = self._answered.get(model), answered
+        return before is None or answered > before
 
     # ---- healing --------------------------------------------------------------------------------
     def _backoff(self) -> None:
