@@ -25,11 +25,13 @@ from boxinst_serve.protocol import (FUSED_RAW_MODEL, NET_MODEL, POSTPROCESS_MODE
 # The models with a dynamic batcher, hence a queue: the ensembles' steps and the one-process model.
 QUEUED_MODELS = (PREPROCESS_MODEL, PREPROCESS_RAW_MODEL, NET_MODEL, POSTPROCESS_MODEL, FUSED_RAW_MODEL)
 # A request accepted at capacity waits for the requests ahead of it: with Q queued per instance, at
-# most Q service times plus the one running, so its latency stays within (Q + 1) service times of
-# an idle server's and p99 near p50 (2 requests per instance: at most 3x the idle latency). More
-# queue buys no throughput (the instances are busy anyway), only waiting; fewer refuses requests
-# that a burst of two cameras' frames would have served in time.
-QUEUE_PER_INSTANCE = 2
+# most Q service times plus the one running, so past capacity every accepted request waits about
+# the same, p99 near p50, within (Q + 1) service times of an idle server's, where an unbounded
+# queue grows with the load. Q = 8 is one full batch of the network (export's max_batch_size) and
+# what this project's batch clients keep in flight (BoxInstClient's 8 workers, `boxinst video
+# --batch-size 8`): fewer would refuse their own batches (measured: 8 clients at once got ServerBusy
+# with 2); more buys no throughput (the instances are busy anyway), only waiting.
+QUEUE_PER_INSTANCE = 8
 # The server's deadline for a request that gives none (the client's default timeout_s, 10 s: an
 # answer the client no longer waits for is not worth computing). Triton takes a request's own
 # deadline only when it is shorter than this one and ignores it where this is 0 (measured with
