@@ -232,3 +232,18 @@ def test_bench_url_runs_without_a_local_repository(queued, tmp_path, monkeypatch
     assert "no --repository: no in-process baseline" in out and "max_queue_size 1" in out, out
     assert "| busy |" in out and "p50 / in-process" not in out, out
 
+
+
+def test_segment_command_sends_its_deadline(queued, tmp_path, capsys):
+    """`boxinst segment --url --deadline-ms`: an ample deadline is served; one no server can meet
+    fails that image at once, naming the deadline (exit code 1), instead of waiting --timeout."""
+    from boxinst_serve.cli import main
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    args = ["segment", str(image), "--url", queued["url"], "--no-overlays", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "ample"), "--deadline-ms", "60000"]) == 0
+    t0 = time.perf_counter()
+    assert main([*args, "--out", str(tmp_path / "short"), "--deadline-ms", "0.01", "--timeout", "60"]) == 1
+    assert time.perf_counter() - t0 < 10
+    assert "deadline of 0.01 ms" in capsys.readouterr().err
