@@ -57,7 +57,7 @@ def client_security(args: argparse.Namespace) -> dict:
 
 def add_queue_flags(s: argparse.ArgumentParser, keep: bool = False) -> None:
     """The bounded queue and deadline of every queued model (boxinst_serve/serving/queue.py).
-    keep: leave out what the repository says where a flag is not given (serve), else the defaults."""
+    keep: a flag not given keeps what the repository says (serve); else the defaults apply (export)."""
     from boxinst_serve.serving.queue import QUEUE_PER_INSTANCE, QUEUE_TIMEOUT_MS
 
     unset = "the repository's (export writes " if keep else "default "
