@@ -16,6 +16,8 @@ The `cpu` flavour also writes `boxinst_raw_fused` beside it (raw frames in one p
 export/triton_fused.py); the others remove it. Every flavour also gets boxinst_serving.json
 (model config, class names, frame-size limit), which the pre- and post-processing steps read, and
 the class names in its config parameters. Every path pads a request to its own size, as in process.
+Every model that queues requests (the steps, the network, the one-process model) gets the bounded
+queue and deadline of a QueuePolicy (boxinst_serve/serving/queue.py; its defaults unless told).
 
 The ensembles and the Python steps around `boxinst_net` (model_repository/ of this project) come
 with the package: the export copies each file of theirs that the repository lacks, and keeps (and
@@ -35,6 +37,7 @@ from boxinst_serve.config import INPUT_NAME, ModelConfig
 from boxinst_serve.files import replace_dir
 from boxinst_serve.protocol import ENSEMBLE_MODEL, FUSED_RAW_MODEL, NET_MODEL, OPTIONAL_MODELS, REQUIRED_MODELS
 from boxinst_serve.serving import ServingConfig
+from boxinst_serve.serving.queue import QueuePolicy, apply_queue_policy, without_queue_policy
 from export.quantize import Int8Options
 
 log = logging.getLogger(__name__)
@@ -60,8 +63,8 @@ def net_config(cfg: ModelConfig, flavour: str, max_batch_size: int = 8, instance
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     k = cfg.max_detections
-    head = {"cpu": 'backend: "python"', "openvino": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
-            "tensorrt": 'platform: "tensorrt_plan"'}[flavour]
+    head = {"cpu": 'backend: "python"', "openvino": 'backend: "python"',
+            "onnxruntime": 'platform: "onnxruntime_onnx"', "tensorrt": 'platform: "tensorrt_plan"'}[flavour]
     # The contract's num_detections is [B]: Triton needs dims [1] reshaped to [] for that.
     num_reshape = "" if flavour in PYTHON_FLAVOURS else ", reshape: { shape: [ ] }"
     kind = "KIND_CPU" if flavour in PYTHON_FLAVOURS else "KIND_GPU"
@@ -128,7 +131,7 @@ def add_packaged_models(repository: str | os.PathLike) -> list[Path]:
         for src in sorted(p for p in (source / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             dest = repository / src.relative_to(source)
             if dest.exists():
-                if not filecmp.cmp(src, dest, shallow=False):
+                if not _same_file(src, dest):
                     kept.append(dest)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -146,15 +149,24 @@ def add_packaged_models(repository: str | os.PathLike) -> list[Path]:
     return written
 
 
+def _same_file(packaged: Path, present: Path) -> bool:
+    """Whether a repository's file is the packaged one; a config.pbtxt's queue policy does not
+    count (the export and `boxinst serve` write it)."""
+    if packaged.name != "config.pbtxt":
+        return filecmp.cmp(packaged, present, shallow=False)
+    return without_queue_policy(packaged.read_text()) == without_queue_policy(present.read_text())
+
+
 def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLike, flavour: str = "cpu",
                      onnx_path: str | os.PathLike | None = None,
                      max_batch_size: int = 8, instances: int = 1, trt_accelerator: bool = False,
                      fp16: bool = False, max_pixels: int | None = None, intra_op_threads: int = 0,
-                     int8: Int8Options | None = None) -> Path:
+                     int8: Int8Options | None = None, queue: QueuePolicy | None = None) -> Path:
     """Export (or reuse `onnx_path`) and write REPOSITORY/boxinst_net for `flavour`, after adding the
     packaged ensembles and steps that REPOSITORY lacks (add_packaged_models). Returns the
     boxinst_net folder. Files are written to a temporary folder and swapped in.
-    int8: serve an INT8 engine calibrated as these options say (see the module docstring)."""
+    int8: serve an INT8 engine calibrated as these options say (see the module docstring).
+    queue: the bounded queue and deadline of every queued model (default: QueuePolicy()'s)."""
     from export.onnx import export_onnx
 
     if flavour not in FLAVOURS:
@@ -222,5 +234,8 @@ def write_triton_net(checkpoint: str | os.PathLike, repository: str | os.PathLik
         write_fused_raw(repository, max_batch_size, intra_op_threads)
     else:
         remove_fused_raw(repository)
-    log.info("wrote %s (%s flavour%s)", final, flavour, ", INT8" if int8 else "")
+    queue = QueuePolicy() if queue is None else queue
+    apply_queue_policy(repository, queue)
+    log.info("wrote %s (%s flavour%s; queue: %d per instance, deadline %d ms)", final, flavour,
+             ", INT8" if int8 else "", queue.per_instance, queue.timeout_ms)
     return final

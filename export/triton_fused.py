@@ -24,7 +24,8 @@ MODEL_TEMPLATE = Path(__file__).resolve().parent / "triton" / "raw_fused_cpu.py"
 
 def fused_raw_config(max_batch_size: int = 8, intra_op_threads: int = 0, intra_op_spinning: bool = False,
                      max_pixels: int = 0) -> str:
-    """config.pbtxt text of boxinst_raw_fused. No dynamic batcher: each request is executed (and
+    """config.pbtxt text of boxinst_raw_fused. A dynamic batcher for its queue (the bounded queue and
+    deadline, boxinst_serve/serving/queue.py), with batches of one: each request is executed (and
     answered) on its own, as soon as its frame is done; max_batch_size as the ensemble's, so that
     a request of several frames gets the same error (one frame per request)."""
     return "\n".join([
@@ -33,6 +34,8 @@ def fused_raw_config(max_batch_size: int = 8, intra_op_threads: int = 0, intra_o
         f'name: "{FUSED_RAW_MODEL}"',
         'backend: "python"',
         f"max_batch_size: {max_batch_size}",
+        "# Batches of one (a batch's responses would all wait for its last frame); the batcher holds the queue policy.",
+        "dynamic_batching { preferred_batch_size: [ 1 ] }",
         "input [",
         '  { name: "image", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ] },',
         '  { name: "mask_format", data_type: TYPE_STRING, dims: [ 1 ], optional: true }',

@@ -30,14 +30,14 @@ def repository_copy(dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, root: Path, ready_timeout_s: float = 240):
-    """`boxinst serve --repository repo` on ports it chooses (0: free ports, chosen again if another
-    process takes one first), logs under root. Yields {"url", "proc", "log"}; on exit stops it
-    with SIGINT and asserts it exited 0."""
+def running_server(repo: Path, root: Path, ready_timeout_s: float = 240, serve_args: tuple[str, ...] = ()):
+    """`boxinst serve --repository repo [serve_args]` on ports it chooses (0: free ports, chosen again
+    if another process takes one first), logs under root. Yields {"url", "proc", "log"}; on exit
+    stops it with SIGINT and asserts it exited 0."""
     log = root / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "boxinst_serve.cli", "serve", "--repository", str(repo),
                              "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
-                             "--log", str(root / "tritonserver.log")],
+                             "--log", str(root / "tritonserver.log"), *serve_args],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = wait_serving(proc, log, root / "tritonserver.log", ready_timeout_s)
     try:

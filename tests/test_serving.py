@@ -33,6 +33,7 @@ from tests.reference import TorchReference  # noqa: E402
 from tests.servers import assert_same, encode, repository_copy, running_server  # noqa: E402
 from boxinst_serve.config import CONTRACT_VERSION  # noqa: E402
 from boxinst_serve.serving import ServingConfig  # noqa: E402
+from boxinst_serve.serving.queue import QueuePolicy  # noqa: E402
 from boxinst_serve.client.shm import SHM_DIR, is_stale, owner_tag, registered_regions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,10 @@ def served(trained_lite, tiny_shapes, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serving")
     repo = repository_copy(root / "model_repository")
-    write_triton_net(trained_lite, repo, flavour="cpu")  # boxinst_net and boxinst_raw_fused
+    # boxinst_net and boxinst_raw_fused. A queue longer than the default 8 per instance: 8 clients at once
+    # plus the supervisor's probes can fill that (measured: 1 ServerBusy in 200 requests); these tests
+    # check the answers under concurrency, tests/test_queue.py the refusals.
+    write_triton_net(trained_lite, repo, flavour="cpu", queue=QueuePolicy(per_instance=32))
     # A 2 MP frame limit for raw frames (ensemble and one-process model), so that the
     # over-the-limit test sends 2 MP, not 50.
     for name in ("boxinst_preprocess_raw", FUSED_RAW_MODEL):

@@ -65,9 +65,9 @@ def engine_predictor(engine: Engine) -> PathPredictor:
     return predict
 
 
-def client_predictor(client) -> PathPredictor:
-    """Send the file's bytes to a server (boxinst_serve.client.BoxInstClient); decode locally
-    only for the overlay."""
+def client_predictor(client, deadline_ms: float | None = None) -> PathPredictor:
+    """Send the file's bytes to a server (boxinst_serve.client.BoxInstClient), each with
+    `deadline_ms` (None: the client's timeout only); decode locally only for the overlay."""
     from boxinst_serve.client import BoxInstError
 
     def predict(path: Path):
@@ -75,7 +75,7 @@ def client_predictor(client) -> PathPredictor:
             raise FileNotFoundError(f"image '{path}' does not exist")
         data = path.read_bytes()
         try:
-            inst = client.segment(data)
+            inst = client.segment(data, deadline_ms=deadline_ms)
         except BoxInstError as e:
             raise ValueError(f"{path}: {e}") from e
         return read_image(path), inst

@@ -53,3 +53,32 @@ def client_security(args: argparse.Namespace) -> dict:
               "certificate_chain": args.tls_client_cert, "private_key": args.tls_client_key,
               "api_key": args.api_key}
     return {k: v for k, v in kwargs.items() if v}
+
+
+def add_queue_flags(s: argparse.ArgumentParser, keep: bool = False) -> None:
+    """The bounded queue and deadline of every queued model (boxinst_serve/serving/queue.py).
+    keep: a flag not given keeps what the repository says (serve); else the defaults apply (export)."""
+    from boxinst_serve.serving.queue import QUEUE_PER_INSTANCE, QUEUE_TIMEOUT_MS
+
+    unset = "the repository's (export writes " if keep else "default "
+    end = ")" if keep else ""
+    g = s.add_argument_group("bounded queue and deadline (docs/deployment.md, \"Bounded queue and deadlines\")")
+    g.add_argument("--queue-per-instance", type=int, default=None, metavar="N",
+                   help=f"requests each model may hold waiting per instance, beyond which Triton refuses at once "
+                        f"(max_queue_size = N x instances; 0: unbounded); {unset}{QUEUE_PER_INSTANCE}{end}")
+    g.add_argument("--queue-timeout-ms", type=int, default=None, metavar="MS",
+                   help=f"the longest a request may wait in a queue before it is refused, and the ceiling of "
+                        f"clients' deadlines (0: none, and clients' deadlines are ignored); {unset}"
+                        f"{QUEUE_TIMEOUT_MS}{end}")
+
+
+def queue_policy(args: argparse.Namespace, base=None):
+    """The QueuePolicy of add_queue_flags' flags, each flag not given taken from `base` (a
+    repository's policy; None: the defaults)."""
+    import dataclasses
+
+    from boxinst_serve.serving.queue import QueuePolicy
+
+    given = {k: v for k, v in (("per_instance", args.queue_per_instance), ("timeout_ms", args.queue_timeout_ms))
+             if v is not None}
+    return dataclasses.replace(base if base is not None else QueuePolicy(), **given)

@@ -15,7 +15,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from boxinst_serve.measure import print_result
 
     if args.url and args.input:
-        out = run.bench_frames(args.url, args.repository, args.input, args.frames, image=args.image,
+        # --input always compares with the same work in process, from the served repository on this machine
+        repository = args.repository or "model_repository"
+        out = run.bench_frames(args.url, repository, args.input, args.frames, image=args.image,
                                iters=args.iters, warmup=args.warmup, threads=args.threads, raw_model=args.raw_model,
                                client_kwargs=client_security(args))
     elif args.url and args.soak:
@@ -83,8 +85,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench_server(s: argparse.ArgumentParser) -> None:
     s.add_argument("--url", default=None, help="load-test this server (HOST:PORT, gRPC) instead of engines")
-    s.add_argument("--repository", default="model_repository",
-                   help="--url: the served repository (its ONNX model gives the in-process baseline)")
+    s.add_argument("--repository", default=None,
+                   help="--url: the served repository on this machine, for the in-process baseline (its ONNX "
+                        "model); optional for load, which reads what it needs from the server; --input: default "
+                        "model_repository")
     s.add_argument("--concurrency", type=parse_ints, default=(1, 2, 4, 8), help="--url: clients, e.g. 1,2,4,8")
     s.add_argument("--input", default=None,
                    help="--url: camera frames by input path instead of load: png, raw, shm or several "

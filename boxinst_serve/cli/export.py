@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from boxinst_serve.cli.args import parse_size
+from boxinst_serve.cli.args import add_queue_flags, parse_size
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -55,12 +55,13 @@ def _int8_options(args: argparse.Namespace):
 
 
 def _export_triton(args: argparse.Namespace, int8) -> int:
+    from boxinst_serve.cli.args import queue_policy
     from export.triton import write_triton_net
 
     net = write_triton_net(args.checkpoint, args.triton, flavour=args.flavour, onnx_path=args.onnx,
                            max_batch_size=args.max_batch, instances=args.instances,
                            trt_accelerator=args.trt_accelerator, fp16=args.fp16, max_pixels=args.max_pixels,
-                           int8=int8)
+                           int8=int8, queue=queue_policy(args))
     print(f"Triton model {net} ({args.flavour}{', INT8' if int8 else ''}); serve it with "
           f"`boxinst serve --repository {args.triton}`")
     return 0
@@ -177,6 +178,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--trt-accelerator", action="store_true",
                    help="--triton --flavour onnxruntime: TensorRT execution accelerator")
     s.add_argument("--max-pixels", type=int, default=None, help="--triton: decoded-size limit (default 50 MP)")
+    add_queue_flags(s)
     s.add_argument("--max-detections", type=int, default=None, help="K of the padded outputs (default: config)")
     s.add_argument("--test-size", type=parse_size, default=None, metavar="SHORTxMAX",
                    help="inference resize (short side x max side) to record in the export, e.g. 384x640 "

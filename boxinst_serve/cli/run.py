@@ -23,7 +23,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ValueError("no images given (pass files, folders or --coco JSON)")
     client, predict = _client_or_engine(args)
     try:
-        report = segment_paths(client_predictor(client) if client is not None else predict, paths, args.out,
+        predict = client_predictor(client, args.deadline_ms) if client is not None else predict
+        report = segment_paths(predict, paths, args.out,
                                score_thresh=args.score_thresh, overlays=not args.no_overlays, progress=not args.quiet)
     finally:
         if client is not None:
@@ -160,6 +161,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     add_engine(s)
     s.add_argument("--url", default=None, help="segment through a running `boxinst serve` (HOST:PORT) instead")
     s.add_argument("--timeout", type=float, default=30.0, help="--url: seconds per request")
+    s.add_argument("--deadline-ms", type=float, default=None,
+                   help="--url: each image's deadline: the server drops it from its queue past it and the image "
+                        "fails at once (default: --timeout only)")
     add_client_security(s)
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--coco", default=None, help="also segment the images listed in this COCO json")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from boxinst_serve.cli.args import add_queue_flags
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from boxinst_serve.serving.server import TritonServer, serve_forever
@@ -14,12 +16,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = security if security.tls or security.api_key else None
     check_exposure(args.host, security, insecure=args.insecure, http_host=args.http_host,
                    metrics_host=args.metrics_host)
+    if args.queue_per_instance is not None or args.queue_timeout_ms is not None:
+        _apply_queue_flags(args)
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, log_path=args.log, exit_timeout_s=args.exit_timeout,
                           http_host=args.http_host, metrics_host=args.metrics_host, security=security)
     supervise = None if args.no_supervise else SupervisorSettings(probe_s=args.probe_interval,
                                                                   max_recoveries=args.max_recoveries)
     return serve_forever(server, timeout_s=args.ready_timeout, supervise=supervise)
+
+
+def _apply_queue_flags(args: argparse.Namespace) -> None:
+    """Write the queue flags into the repository's configs (a flag not given keeps the repository's value)."""
+    from boxinst_serve.cli.args import queue_policy
+    from boxinst_serve.serving.queue import apply_queue_policy, repository_queue_policy
+
+    policy = queue_policy(args, repository_queue_policy(args.repository))
+    changed = apply_queue_policy(args.repository, policy)
+    print(f"queue: {policy.per_instance} per instance, deadline {policy.timeout_ms} ms"
+          f"{' (written into ' + ', '.join(changed) + ')' if changed else ''}", flush=True)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +50,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--log", default=None, help="tritonserver log file (default: a temporary file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for the models")
     s.add_argument("--exit-timeout", type=int, default=30, help="seconds in-flight requests get at shutdown")
+    add_queue_flags(s, keep=True)
     g = s.add_argument_group("security (docs/deployment.md, \"Securing a server\")")
     g.add_argument("--tls-cert", default=None, help="gRPC TLS: the server's certificate (PEM)")
     g.add_argument("--tls-key", default=None, help="gRPC TLS: the server's private key (PEM)")

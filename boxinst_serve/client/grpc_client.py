@@ -15,8 +15,9 @@ travel through system shared memory (boxinst_serve.client.shm) instead of the gR
 
 Light: needs numpy and tritonclient[grpc] (pycocotools to decode masks, OpenCV only to PNG-encode
 numpy images or compute 2-D geometry); never torch. Every server-side failure raises
-`BoxInstError` with the server's message; a request that takes longer than `timeout_s` raises
-`BoxInstTimeout`.
+`BoxInstError` with the server's message; a request that takes longer than `timeout_s` (or its
+`deadline_ms`) raises `BoxInstTimeout`, and one the server refuses because its queue is full
+`ServerBusy`, at once (docs/deployment.md, "Bounded queue and deadlines").
 
 A secured server (docs/deployment.md, "Securing a server"): `ssl=True` with `root_certificates`
 (the CA that signed the server's certificate; any of the three files implies TLS), plus
@@ -48,7 +49,19 @@ class BoxInstError(RuntimeError):
 
 
 class BoxInstTimeout(BoxInstError):
-    """The request did not complete within the client's timeout."""
+    """The request did not complete within the client's timeout or its deadline (on the way, or
+    refused by the server because it waited in a queue past its deadline)."""
+
+
+class ServerBusy(BoxInstError):
+    """The server refused the request at once because a queue of the model was full (Triton's
+    max_queue_size): retry later, or serve more instances. Never retried by the client."""
+
+
+# What Triton 2.51 answers (gRPC UNAVAILABLE, measured; "in ensemble 'boxinst', " before it when a
+# step of an ensemble refused): a request that found a queue full, and one that waited past its deadline.
+QUEUE_FULL = "Exceeds maximum queue size"
+QUEUE_TIMEOUT = "Request timeout expired"
 
 
 def encode_input(image: ImageInput) -> bytes:
@@ -127,17 +140,29 @@ def _hint(text: str) -> str:
     return ""
 
 
-def _wrap(e: Exception) -> BoxInstError:
+def _wrap(e: Exception, model: str | None = None, queue_size: int | None = None,
+          deadline_ms: float | None = None) -> BoxInstError:
+    """tritonclient's exception -> BoxInstError (ServerBusy, BoxInstTimeout). model, queue_size,
+    deadline_ms: the request's, for the message."""
     msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
     status = e.status() if hasattr(e, "status") and callable(e.status) else ""
     text = f"{msg}" if not status else f"{msg} ({status})"
+    if QUEUE_FULL in text:
+        size = f" (max_queue_size {queue_size})" if queue_size is not None else ""
+        return ServerBusy(f"server busy: the queue of {model or 'the model'} is full{size}; retry later or add "
+                          f"instances (server: {text})")
+    deadline = f" of {deadline_ms:g} ms" if deadline_ms is not None else ""
+    if QUEUE_TIMEOUT in text:
+        return BoxInstTimeout(f"deadline exceeded: the request waited in a queue of {model or 'the model'} past its "
+                              f"deadline{deadline} and was dropped unserved (server: {text})")
     if "Deadline Exceeded" in text or "DEADLINE_EXCEEDED" in str(status):
-        return BoxInstTimeout(f"request timed out: {text}")
+        return BoxInstTimeout(f"request timed out{' at its deadline' + deadline if deadline else ''}: {text}")
     return BoxInstError(text + _hint(text))
 
 
 # Failures of a server that is (re)starting or healing a step: worth a bounded retry. A refused
-# input (INVALID_ARGUMENT), a timeout or any other error is never retried.
+# input (INVALID_ARGUMENT), a timeout, a full queue (ServerBusy: the caller decides, a robot would
+# rather take the next frame than wait for this one) or any other error is never retried.
 TRANSIENT_MARKERS = ("StatusCode.UNAVAILABLE", "is not healthy", "not ready", "unknown model",
                      "has no available versions", "failed to connect", "Socket closed", "Connection reset",
                      "Unable to find shared memory region")
@@ -148,7 +173,7 @@ def is_transient(err: BoxInstError, model_answered_before: bool = True) -> bool:
     because of the request itself (never retry)? "unknown model" counts only for a model that
     answered before (it is being reloaded), not for one the repository lacks."""
     text = str(err)
-    if isinstance(err, BoxInstTimeout) or "INVALID_ARGUMENT" in text:
+    if isinstance(err, (BoxInstTimeout, ServerBusy)) or "INVALID_ARGUMENT" in text:
         return False
     if "unknown model" in text and not model_answered_before:
         return False
@@ -232,6 +257,24 @@ def _max_detections(config: Any) -> int:
                        "cannot size the shared-memory outputs; export the model again or use shared_memory=False")
 
 
+def _max_queue_size(config: Any) -> int | None:
+    """max_queue_size of a model config's queue policy (Triton's JSON), None without one."""
+    cfg = config.get("config", config) if isinstance(config, dict) else {}
+    size = cfg.get("dynamic_batching", {}).get("default_queue_policy", {}).get("max_queue_size")
+    return int(size) if size else None
+
+
+def _deadline_args(timeout_s: float, deadline_ms: float | None) -> dict:
+    """tritonclient infer() keywords for a request: client_timeout (the sooner of timeout_s and the
+    deadline) and, with a deadline, Triton's `timeout` in microseconds (a queue drops the request
+    once it is past it)."""
+    if deadline_ms is None:
+        return {"client_timeout": timeout_s}
+    if deadline_ms <= 0:
+        raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
+    return {"client_timeout": min(timeout_s, deadline_ms / 1000), "timeout": max(1, int(deadline_ms * 1000))}
+
+
 def _pick_raw_model(ready: bool | Exception) -> str:
     """Whether the server has the one-process raw model ready (or the error asking gave) -> the
     model raw frames go to."""
@@ -256,8 +299,9 @@ class BoxInstClient:
     the gRPC message. ssl, root_certificates, private_key, certificate_chain, api_key: a secured
     server (module docstring). retry_s: how long a request that failed because the server or one
     of its steps was down (restarting, a step being reloaded by `boxinst serve`'s supervisor) is
-    retried, with backoff (0: never); a bad input is never retried. After a server restart the
-    client registers its shared memory again and picks the raw-frame model again."""
+    retried, with backoff (0: never); a bad input is never retried, nor a refusal for a full
+    queue (ServerBusy, raised at once). After a server restart the client registers its shared
+    memory again and picks the raw-frame model again."""
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str = ENSEMBLE_MODEL, timeout_s: float = 10.0,
                  max_workers: int = 8, raw_model: str | None = None, arrays: str = "raw",
@@ -288,6 +332,7 @@ class BoxInstClient:
         self._pool = ThreadPoolExecutor(max_workers=max_workers)
         self._class_names: list[str] | None = None
         self._net_config: dict | None = None
+        self._queue_sizes: dict[str, int | None] = {}
         self._local = threading.local()
         self._shm = None
         self._finalizer = None
@@ -367,17 +412,41 @@ class BoxInstClient:
         except Exception:  # noqa: BLE001 - a dead server is simply not ready
             return False
 
-    def _infer(self, model: str, inputs: list, outputs: list):
-        """One request; a transient failure (the server restarting, a step being brought back:
-        is_transient) is retried with backoff for up to `retry_s`, a bad input never."""
-        deadline, wait = time.monotonic() + self.retry_s, 0.25
-        while True:
+    def _queue_size(self, model: str) -> int | None:
+        """max_queue_size of the queue that refused a request to `model` (for an ensemble, whose
+        steps hold the queues: boxinst_net's), asked once; None if unknown."""
+        if model not in self._queue_sizes:
             try:
-                result = self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                cfg = self._client.get_model_config(model, as_json=True, client_timeout=self.timeout_s)
+                if cfg.get("config", {}).get("platform") == "ensemble":
+                    cfg = self._config()
+                self._queue_sizes[model] = _max_queue_size(cfg)
+            except Exception:  # noqa: BLE001 - the message goes without it
+                self._queue_sizes[model] = None
+        return self._queue_sizes[model]
+
+    def _wrap_for(self, e: Exception, model: str, deadline_ms: float | None) -> BoxInstError:
+        text = str(e)
+        size = self._queue_size(model) if QUEUE_FULL in text else None
+        return _wrap(e, model, size, deadline_ms)
+
+    def _infer(self, model: str, inputs: list, outputs: list, deadline_ms: float | None = None):
+        """One request; a transient failure (the server restarting, a step being brought back:
+        is_transient) is retried with backoff for up to `retry_s` (and never past `deadline_ms`), a
+        bad input or a full queue never."""
+        started = time.monotonic()
+        deadline = started + self.retry_s
+        if deadline_ms is not None:
+            deadline = min(deadline, started + deadline_ms / 1000)
+        wait = 0.25
+        while True:
+            left_ms = None if deadline_ms is None else max(1.0, deadline_ms - 1000 * (time.monotonic() - started))
+            try:
+                result = self._client.infer(model, inputs, outputs=outputs, **_deadline_args(self.timeout_s, left_ms))
                 self._answered.add(model)
                 return result
             except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
-                err = _wrap(e)
+                err = self._wrap_for(e, model, deadline_ms)
                 if is_transient(err, model in self._answered) and time.monotonic() + wait < deadline:
                     self.retried += 1
                     time.sleep(wait)
@@ -408,28 +477,32 @@ class BoxInstClient:
                 return model
         return model
 
-    def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
+    def segment(self, image: ImageInput, mask_format: str = "rle", deadline_ms: float | None = None) -> Instances:
         """One image -> Instances at its original resolution (masks decoded lazily from RLE).
-        A numpy frame must be RGB uint8 [H, W, 3] (see `arrays` and `shared_memory`)."""
+        A numpy frame must be RGB uint8 [H, W, 3] (see `arrays` and `shared_memory`).
+        deadline_ms: the answer is worth nothing later: the server drops the request from its queue
+        past it (up to the server's own deadline, `--queue-timeout-ms`) and the call gives up then
+        (BoxInstTimeout); default: `timeout_s` only."""
         names = self.class_names
         t0 = time.perf_counter()
         if isinstance(image, np.ndarray) and self.arrays == "raw":
             frame = check_frame(image)
             if self._shm is not None:
-                return self._segment_shm(frame, mask_format, names, t0)
+                return self._segment_shm(frame, mask_format, names, t0, deadline_ms)
             inputs, outputs = _raw_request(self._grpc, frame, mask_format)
             model = self.raw_model
         else:
             inputs, outputs = _request(self._grpc, encode_input(image), mask_format)
             model = self.model
         t1 = time.perf_counter()
-        result = self._infer(model, inputs, outputs)
+        result = self._infer(model, inputs, outputs, deadline_ms)
         t2 = time.perf_counter()
         inst = _instances(result, names, mask_format)
         self._local.timing = {"encode_s": t1 - t0, "infer_s": t2 - t1, "decode_s": time.perf_counter() - t2}
         return inst
 
-    def _segment_shm(self, frame: np.ndarray, mask_format: str, names: list[str], t0: float) -> Instances:
+    def _segment_shm(self, frame: np.ndarray, mask_format: str, names: list[str], t0: float,
+                     deadline_ms: float | None = None) -> Instances:
         """The frame into the slot's input region, fixed-size outputs (and bitmaps) into its
         output regions, masks_rle in the gRPC response."""
         _check_mask_format(mask_format)
@@ -452,7 +525,7 @@ class BoxInstClient:
                 o.set_shared_memory(masks_region.name, masks_region.byte_size)
                 outputs.append(o)
             t1 = time.perf_counter()
-            result = self._infer(self.raw_model, [image, _mask_format_input(g, mask_format)], outputs)
+            result = self._infer(self.raw_model, [image, _mask_format_input(g, mask_format)], outputs, deadline_ms)
             t2 = time.perf_counter()
             arrays = {}
             dtypes = {"num_instances": np.int32, "image_size": np.int32, "boxes": np.float32, "scores": np.float32,
@@ -465,9 +538,10 @@ class BoxInstClient:
         self._local.timing = {"encode_s": t1 - t0, "infer_s": t2 - t1, "decode_s": time.perf_counter() - t2}
         return inst
 
-    def segment_batch(self, images: Sequence[ImageInput], mask_format: str = "rle") -> list[Instances]:
+    def segment_batch(self, images: Sequence[ImageInput], mask_format: str = "rle",
+                      deadline_ms: float | None = None) -> list[Instances]:
         """Several images, sent concurrently; results in input order. The first failure raises."""
-        futures = [self._pool.submit(self.segment, im, mask_format) for im in images]
+        futures = [self._pool.submit(self.segment, im, mask_format, deadline_ms) for im in images]
         return [f.result() for f in futures]
 
     def close(self) -> None:
@@ -530,7 +604,8 @@ class AsyncBoxInstClient:
             self.raw_model = _pick_raw_model(ready)
         return self.raw_model
 
-    async def segment(self, image: ImageInput, mask_format: str = "rle") -> Instances:
+    async def segment(self, image: ImageInput, mask_format: str = "rle", deadline_ms: float | None = None) -> Instances:
+        """As BoxInstClient.segment (deadline_ms too); a full queue raises ServerBusy."""
         if isinstance(image, np.ndarray) and self.arrays == "raw":
             inputs, outputs = _raw_request(self._grpc, check_frame(image), mask_format)
             model = await self._raw_model_name()
@@ -539,13 +614,15 @@ class AsyncBoxInstClient:
             model = self.model
         names = await self.class_names()
         try:
-            result = await self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            result = await self._client.infer(model, inputs, outputs=outputs,
+                                              **_deadline_args(self.timeout_s, deadline_ms))
         except Exception as e:  # noqa: BLE001
-            raise _wrap(e) from e
+            raise _wrap(e, model, deadline_ms=deadline_ms) from e
         return _instances(result, names, mask_format)
 
-    async def segment_batch(self, images: Sequence[ImageInput], mask_format: str = "rle") -> list[Instances]:
-        return list(await asyncio.gather(*(self.segment(im, mask_format) for im in images)))
+    async def segment_batch(self, images: Sequence[ImageInput], mask_format: str = "rle",
+                            deadline_ms: float | None = None) -> list[Instances]:
+        return list(await asyncio.gather(*(self.segment(im, mask_format, deadline_ms) for im in images)))
 
     async def close(self) -> None:
         await self._client.close()

@@ -8,7 +8,9 @@ supervisor closes that gap:
 - **watch**: every `poll_s` it lists the server's stub processes (`/proc`: each stub's argv names
   its instance, e.g. `boxinst_postprocess_0_0`, and its parent server's pid) and compares them with
   those seen once the server was ready;
-- **probe**: every `probe_s` (and on demand, `probe()`) a tiny inference through each ensemble;
+- **probe**: every `probe_s` (and on demand, `probe()`) a tiny inference through each ensemble; a
+  refusal of a bounded queue (full, or the probe past its deadline: serving/queue.py) is load, not a
+  fault, while the model answered a request within `busy_window_s` (Triton's statistics);
 - **heal**: a dead or failing step is *unloaded and loaded again* through the model-repository API
   (the server runs with `--model-control-mode=explicit`). Unloading makes the server's own ready
   endpoint answer not ready until the load completes, so probes and load balancers see the outage.
@@ -45,6 +47,9 @@ class SupervisorSettings:
     poll_s: float = 0.5  # how often the step processes are listed
     probe_s: float = 10.0  # how often a tiny inference goes through each ensemble (0: never)
     probe_timeout_s: float = 10.0
+    # A probe refused for a full queue (or past its deadline) is load while the model answered a
+    # request this recently; a hung step fills its queue but answers nothing.
+    busy_window_s: float = 30.0
     reload_timeout_s: float = 60.0  # a step's unload + load
     max_recoveries: int = 5  # within window_s: then give up
     window_s: float = 300.0
@@ -65,6 +70,7 @@ class Supervisor:
     def __post_init__(self):
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one recovery at a time (the watch loop and probe() on demand)
+        self._started_ms = time.time() * 1000  # busy refusals before any answer count from here
         self._thread: threading.Thread | None = None
         self._recoveries: list[float] = []
 
@@ -99,7 +105,7 @@ class Supervisor:
 
         import tritonclient.grpc as grpcclient
 
-        from boxinst_serve.client.grpc_client import _raw_request, _request
+        from boxinst_serve.client.grpc_client import QUEUE_FULL, QUEUE_TIMEOUT, _raw_request, _request
 
         frame = np.full((*PROBE_SIZE, 3), 114, np.uint8)
         client = self.server.grpc_client()
@@ -116,10 +122,24 @@ class Supervisor:
                 try:
                     client.infer(model, inputs, outputs=outputs, client_timeout=self.settings.probe_timeout_s)
                 except Exception as e:  # noqa: BLE001 - any failure of the probe is the finding
+                    if (QUEUE_FULL in str(e) or QUEUE_TIMEOUT in str(e)) and self._served_recently(client, model):
+                        continue  # busy, and serving: load, not a fault
                     return f"{model}: {e}"
             return None
         finally:
             client.close()
+
+    def _served_recently(self, client, model: str) -> bool:
+        """Whether `model` answered a request within busy_window_s (Triton's statistics: its last
+        inference), or the supervisor started that recently: a step that hangs fills its queue
+        too, but answers nothing."""
+        try:
+            stats = client.get_inference_statistics(model, as_json=True, client_timeout=self.settings.probe_timeout_s)
+            last_ms = int(stats["model_stats"][0].get("last_inference", 0))
+        except Exception:  # noqa: BLE001 - no statistics: the refusal stands as the finding
+            return False
+        # A server flooded as soon as it started has answered nothing yet: the window starts then.
+        return time.time() * 1000 - max(last_ms, self._started_ms) < 1000 * self.settings.busy_window_s
 
     # ---- healing --------------------------------------------------------------------------------
     def _backoff(self) -> None:

@@ -294,15 +294,16 @@ def bench_soak(url: str, seconds: float, concurrency: int = 4, image: str | Path
     return BenchOutput({"url": url, "soak": report.to_dict()}, format_soak(report), f"server {url}")
 
 
-def bench_server(url: str, repository: str | Path, image: str | Path | None = None,
+def bench_server(url: str, repository: str | Path | None = None, image: str | Path | None = None,
                  size: tuple[int, int] | None = None, concurrency: Sequence[int] = (1, 2, 4, 8),
                  duration_s: float = 10.0, iters: int = 30, threads: int = 0,
                  client_kwargs: dict | None = None) -> BenchOutput:
-    """Load on a running server per concurrency, against the in-process latency of the same work
-    (ONNX Runtime as served). The request: the PNG `image`, else random pixels of `size` (512x512).
-    client_kwargs: BoxInstClient's TLS and key keywords for a secured server."""
-    from boxinst_serve.apps.bench.frames import served_engine_settings
-    from boxinst_serve.apps.bench.server import format_load, measure_in_process, measure_load
+    """Load on a running server per concurrency; given the served `repository` (on this machine),
+    against the in-process latency of the same work (ONNX Runtime as served). The request: the PNG
+    `image`, else random pixels of `size` (512x512). client_kwargs: BoxInstClient's TLS and key
+    keywords for a secured server."""
+    from boxinst_serve.apps.bench.server import format_load, measure_in_process, measure_load, served_queue
+    from boxinst_serve.serving import model_parameters, onnxruntime_settings
     from boxinst_serve.client import BoxInstClient
 
     if image:
@@ -318,12 +319,20 @@ def bench_server(url: str, repository: str | Path, image: str | Path | None = No
         if not c.is_ready():
             raise RuntimeError(f"no ready boxinst model at {url} (start it with `boxinst serve`)")
         c.segment(data)
-    settings = served_engine_settings(url, kw)  # the in-process baseline runs ONNX Runtime as served
-    in_process = measure_in_process(repository, data, iters=iters, threads=threads or settings["threads"],
-                                    spinning=settings["spinning"])
+        net_config = c.net_config  # what the server says of its network: no local repository needed
+    queue = served_queue(net_config)
+    in_process = None
+    if repository is not None:
+        # the in-process baseline runs ONNX Runtime as served
+        settings = onnxruntime_settings(model_parameters(net_config["config"]))
+        in_process = measure_in_process(repository, data, iters=iters, threads=threads or settings["threads"],
+                                        spinning=settings["spinning"])
     reports = [measure_load(url, data, k, duration_s, client_kwargs=kw) for k in concurrency]
-    return BenchOutput({"url": url, "in_process": in_process, "load": [r.to_dict() for r in reports]},
-                       format_load(reports, in_process), f"server {url}; repository {repository}")
+    header = (f"server {url} (boxinst_net: {queue['instances']} instance(s), max_queue_size "
+              f"{queue['max_queue_size'] or 'unbounded'}, queue deadline {queue['timeout_ms'] or 'none'} ms); "
+              + (f"repository {repository}" if repository is not None else "no --repository: no in-process baseline"))
+    return BenchOutput({"url": url, "server_queue": queue, "in_process": in_process,
+                        "load": [r.to_dict() for r in reports]}, format_load(reports, in_process), header)
 
 
 def bench_frames(url: str, repository: str | Path, inputs: str, frames: Sequence[tuple[int, int]],
