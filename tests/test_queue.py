@@ -247,3 +247,39 @@ def test_segment_command_sends_its_deadline(queued, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "short"), "--deadline-ms", "0.01", "--timeout", "60"]) == 1
     assert time.perf_counter() - t0 < 10
     assert "deadline of 0.01 ms" in capsys.readouterr().err
+
+
+def test_a_probe_past_its_deadline_is_load_while_the_model_answers(monkeypatch):
+    """A probe that times out behind a long inference is load, not a fault, while the model answered
+    within busy_window_s; a model that answered nothing for longer (a hung step) is a fault."""
+    import time
+
+    from boxinst_serve.serving.supervisor import Supervisor
+
+    class Client:
+        last_ms = 0.0
+
+        def infer(self, *a, **k):
+            raise RuntimeError("[StatusCode.DEADLINE_EXCEEDED] Deadline Exceeded")
+
+        def get_inference_statistics(self, model, **k):
+            return {"model_stats": [{"last_inference": str(int(self.last_ms))}]}
+
+        def close(self):
+            pass
+
+    client = Client()
+
+    class Server:
+        def grpc_client(self):
+            return client
+
+        def served_models(self):
+            return ["boxinst"]
+
+    supervisor = Supervisor(Server())
+    supervisor._started_ms = 0  # started long ago
+    client.last_ms = time.time() * 1000 - 1000  # answered a second ago
+    assert supervisor.probe() is None
+    client.last_ms = time.time() * 1000 - 1000 * (supervisor.settings.busy_window_s + 5)
+    assert "DEADLINE_EXCEEDED" in supervisor.probe()
