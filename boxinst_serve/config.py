@@ -224,23 +224,10 @@ def nano(num_classes: int = 80) -> ModelConfig:
     (YOLO11N_SEG_GFLOPS_384X512). Of the candidates under that budget it ran fastest on one CPU
     thread, in PyTorch and ONNX Runtime (docs/benchmarks.md, "The nano preset"). Trains and tests
     at lite's sizes (training/config.py, RECIPES); its convergence is not yet measured."""
-    return ModelConfig(
-        name="nano",
-        backbone="shufflenet_v2_x1_0",
-        backbone_depth=0,
-        backbone_norm="bn",
-        freeze_at=0,
-        fpn_channels=32,
-        head_channels=32,
-        head_num_convs=2,
-        head_gn_groups=8,
-        bbox_activation="exp",
-        num_classes=num_classes,
-        mask_branch_channels=32,
-        mask_branch_num_convs=2,
-        min_size_test=256,
-        max_size_test=448,
-    )
+    # lite's recipe (BatchNorm trained from scratch, exp box activation, two-conv head and mask
+    # branch, its test sizes) with the mobile backbone and a third of the widths
+    return lite(num_classes).replace(name="nano", backbone="shufflenet_v2_x1_0", backbone_depth=0, fpn_channels=32,
+                                     head_channels=32, head_gn_groups=8, mask_branch_channels=32)
 
 
 PRESETS = {"r50_fpn": r50_fpn, "r101_fpn": r101_fpn, "lite": lite, "nano": nano}
