@@ -156,8 +156,9 @@ class TrainConfig:
     log_period: int = 20
     max_nonfinite: int = 5  # consecutive non-finite losses before aborting
     # Healing (training/heal.py): when the collapse monitor finds a saturated mask head with enough
-    # of the schedule left, re-initialise the controller and mask branch, multiply their learning
-    # rate by heal_lr_scale and restart the pairwise warm-up; at most max_heals times. False (--no-heal):
+    # of the schedule left, go back to the last healthy window (the start of a run from scratch
+    # with the controller and mask branch drawn again), multiply the mask side's learning rate by
+    # heal_lr_scale and restart the pairwise warm-up; at most max_heals times. False (--no-heal):
     # only warn.
     heal: bool = True
     max_heals: int = 2
