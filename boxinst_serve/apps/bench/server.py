@@ -86,16 +86,15 @@ def measure_load(url: str, data: bytes, concurrency: int, duration_s: float, war
 
 def measure_in_process(repository: str | Path, data: bytes, iters: int = 30, warmup: int = 3,
                        threads: int = 0, spinning: bool = True) -> dict:
-    """The server's work without the server: decode, pad to its own size, ONNX Runtime, paste + RLE."""
-    from boxinst_serve.engines.onnxruntime_engine import OnnxRuntimeEngine
+    """The server's work without the server: decode, pad to its own size, the served network's
+    engine (ONNX Runtime, or OpenVINO for an `openvino` flavour: serving.fused.net_engine), paste + RLE."""
     from boxinst_serve.predictor import Predictor
     from boxinst_serve.preprocess import decode_image
     from boxinst_serve.serving import ServingConfig
-    from boxinst_serve.serving.fused import net_onnx_path
+    from boxinst_serve.serving.fused import net_engine
 
     serving = ServingConfig.load(repository)
-    predictor = Predictor(OnnxRuntimeEngine(net_onnx_path(repository), threads=threads, spinning=spinning),
-                          serving.model)
+    predictor = Predictor(net_engine(repository, threads, spinning), serving.model)
     dets: list[int] = []
     image_hw: list[int] = []  # the decoded image's size, from the timed decode
 
