@@ -167,6 +167,34 @@ def test_bench_runs_openvino_on_an_exported_model_alone(lite_onnx, lite_ir):
         _exported_engine_names(lite_onnx, "onnx", ["torch"], None, None, "fp32")
 
 
+def test_an_openvino_flavour_repository_runs_the_ir_in_process_as_served(trained_lite, lite_onnx, tiny_shapes,
+                                                                          tmp_path):
+    """`export --triton --flavour openvino` writes boxinst_net/1/model.xml (no model.onnx) and the
+    OpenVINO step; the in-process path of that repository (bench --url --repository's baseline,
+    FramePipeline) runs the IR and gives what ONNX Runtime gives on the exported graph."""
+    from boxinst_serve.cli import main
+    from boxinst_serve.engines.openvino_engine import OpenVINOEngine
+    from boxinst_serve.preprocess import read_image
+    from boxinst_serve.serving.fused import FramePipeline, net_engine
+
+    repo = tmp_path / "repo"
+    assert main(["export", "--checkpoint", str(trained_lite), "--onnx", str(lite_onnx), "--triton", str(repo),
+                 "--flavour", "openvino"]) == 0
+    version = repo / "boxinst_net" / "1"
+    assert (version / "model.xml").is_file() and not (version / "model.onnx").exists()
+    assert "OpenVINOEngine" in (version / "model.py").read_text()
+    assert 'backend: "python"' in (repo / "boxinst_net" / "config.pbtxt").read_text()
+    assert isinstance(net_engine(repo), OpenVINOEngine)
+    frame = read_image(sorted(Path(tiny_shapes["images"]).glob("*.png"))[0])
+    got, _ = FramePipeline.from_repository(repo).timed(frame)
+    from boxinst_serve.predictor import Predictor
+
+    want = Predictor.load(lite_onnx)(frame)
+    assert len(got.scores) == len(want.scores)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=BOX_TOL_PX)
+    np.testing.assert_allclose(got.scores, want.scores, atol=SCORE_TOL)
+
+
 # ---- AdelaiDet's own outputs (the oracle fixtures of conftest.py, tests/test_adelaidet.py's check) ----
 @pytest.fixture(scope="module")
 def oracle_openvino_onnx(oracle_onnx):
