@@ -115,6 +115,8 @@ def test_only_saturation_with_schedule_left_is_healed():
     assert not should_heal({"outside": "x"}, 300, 1200, 0, 2, False)  # --no-heal
     assert not should_heal({"outside": "x"}, 300, 1200, 2, 2, True)  # no heals left
     assert not should_heal({"outside": "x"}, 800, 1200, 0, 2, True)  # too little of the schedule left
+    assert not should_heal({"outside": "x"}, 10, 30, 0, 2, True)  # too few iterations left for a new head
+    assert should_heal({"outside": "x"}, 100, 400, 0, 2, True)  # the stress set's heal
     # A slow projection loss with masks inside their boxes was learning when it was healed (measured).
     assert not should_heal({"projection": "x"}, 300, 1200, 0, 2, True)
     assert not should_heal({"spill": "x", "box_fill": "x"}, 300, 1200, 0, 2, True)
