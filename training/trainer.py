@@ -28,7 +28,8 @@ from training.checkpoints import FINAL, LAST, load_for_resume, save_checkpoint
 from training.collapse import CollapseMonitor, summary as collapse_summary
 from training.config import TrainConfig
 from training.criterion import compute_losses
-from training.heal import HealState, Snapshot, describe as describe_heals, heal, is_mask_side, looks_healthy, should_heal
+from training.heal import (HealState, Snapshot, describe as describe_heals, heal, is_mask_side, looks_healthy,
+                           should_heal)
 from training.data import CocoBoxDataset, collate
 from training.memory import check_memory, estimate_step_memory, largest_padded_hw, peak_resident_bytes
 
