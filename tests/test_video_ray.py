@@ -316,7 +316,7 @@ def test_default_flags_give_each_worker_the_single_process_threads(monkeypatch, 
     with pytest.raises(_Loaded):
         spec()  # what each worker does first
     single, worker = loads
-    assert worker == single and single[2] == {}  # ONNX Runtime's default threads in both
+    assert worker == single and single[2] == {"engine": "auto"}  # no threads: ONNX Runtime's default in both
     # --threads N reaches both alike.
     loads.clear(), specs.clear()
     with pytest.raises(_Loaded):
@@ -325,7 +325,7 @@ def test_default_flags_give_each_worker_the_single_process_threads(monkeypatch, 
         main([*common, "--threads", "3", "--ray"])
     with pytest.raises(_Loaded):
         specs[0]()
-    assert loads[0] == loads[1] and loads[0][2] == {"threads": 3}
+    assert loads[0] == loads[1] and loads[0][2] == {"threads": 3, "engine": "auto"}
 
 
 def test_a_worker_still_restarting_is_asked_again_then_retired_at_the_deadline(monkeypatch):
