@@ -83,11 +83,13 @@ def test_openvino_gives_what_onnxruntime_gives(engines, tiny_shapes, which, test
 def test_the_ir_carries_the_onnx_exports_metadata(engines, lite_ir):
     import openvino as ov
 
+    from boxinst_serve.engines.openvino_engine import shared_core
+
     ir, onnxruntime = engines["openvino ir"], engines["onnxruntime"]
     assert ir.config == onnxruntime.config
     assert ir.class_names == onnxruntime.class_names == list(ir.config.class_names)
     assert ir.contract_version == CONTRACT_VERSION
-    model = ov.Core().read_model(str(lite_ir))
+    model = shared_core().read_model(str(lite_ir))
     assert model.get_rt_info(["boxinst", "producer"]).astype(str) == "boxinst-serve"
     # fp32 weights: OpenVINO's default fp16 compression was turned off
     assert not any(op.get_output_element_type(0) == ov.Type.f16 for op in model.get_ops())
@@ -218,3 +220,33 @@ def test_imported_weights_give_adelaidets_outputs_in_openvino_from_onnx(oracle_o
 @pytest.mark.parametrize("name", ORACLE_IMAGES)
 def test_imported_weights_give_adelaidets_outputs_in_the_openvino_ir(oracle_openvino_ir, name):
     _check_parity(oracle_openvino_ir, name)
+
+
+# Two engines freed in the order they came, then a signal with a Python handler (SA_ONSTACK, as
+# torch's SIGCHLD handler for data-loader workers): with a Core per engine the thread was left on
+# the first Core's freed signal stack, and the signal killed the process with SIGSEGV (si_code
+# SI_KERNEL) before any handler ran. That is how `make test` died after tests/test_quantize.py.
+_SIGNAL_AFTER_TWO_ENGINES = """
+import faulthandler, gc, os, signal, sys, time
+faulthandler.enable()
+from boxinst_serve.engines.openvino_engine import OpenVINOEngine
+first = OpenVINOEngine(sys.argv[1])
+second = OpenVINOEngine(sys.argv[1])
+del first
+gc.collect()
+del second
+gc.collect()
+seen = []
+signal.signal(signal.SIGUSR1, lambda *a: seen.append(1))
+os.kill(os.getpid(), signal.SIGUSR1)
+time.sleep(0.2)
+print("handled", len(seen))
+"""
+
+
+def test_a_signal_after_engines_are_freed_out_of_order_is_handled(lite_ir):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_ENGINES, str(lite_ir)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "handled 1" in done.stdout, (done.returncode, done.stdout, done.stderr[-2000:])

@@ -311,7 +311,7 @@ def test_openvino_int8_detections_agree_with_fp32_and_the_export_times_both(conf
     metadata and how it was made; its detections agree with the fp32 graph's by the same checks as
     ONNX Runtime's INT8 (int8_disagreements), and the export prints the two timings on this CPU."""
     pytest.importorskip("openvino", reason="the openvino extra (`pip install 'boxinst-serve[openvino]'`)")
-    from boxinst_serve.engines.openvino_engine import model_metadata
+    from boxinst_serve.engines.openvino_engine import model_metadata, shared_core
 
     assert main(["export", "--checkpoint", str(confident_lite), "--format", "openvino", "--out", str(tmp_path),
                  "--int8", "--calibration", tiny_shapes["train"]]) == 0
@@ -319,9 +319,7 @@ def test_openvino_int8_detections_agree_with_fp32_and_the_export_times_both(conf
     assert "INT8 OpenVINO IR" in out and " ms (" in out and "x)" in out, out
     int8_xml = tmp_path / "model_int8.xml"
     engine = load_engine(int8_xml)
-    import openvino as ov
-
-    meta = model_metadata(ov.Core().read_model(str(int8_xml)))
+    meta = model_metadata(shared_core().read_model(str(int8_xml)))
     assert json.loads(meta["quantization"])["tool"].startswith("nncf") and "model_config" in meta
     batch, _ = prepare_batch(_images(tiny_shapes, 4), 128, 160)
     problems, counts = int8_disagreements(load_engine(tmp_path / "model.onnx")(batch), engine(batch))

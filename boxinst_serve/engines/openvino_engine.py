@@ -2,6 +2,7 @@
 that `boxinst export --format openvino` writes. Verified on CPU (docs/deployment.md, "OpenVINO")."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,20 @@ def require_openvino():
     return openvino
 
 
+@functools.cache
+def shared_core():
+    """The process's one openvino.Core, never freed: every OpenVINO model here is read and compiled
+    with it.
+
+    OpenVINO's CPU plugin gives the thread that uses a Core a signal stack of its own and, when
+    that Core goes, puts back the one it found (openvino PR 11894, "signal stack management for
+    AMX") and frees its own. Two Cores freed in another order than they came leave the thread on a
+    freed stack, and the next signal handled there (the SIGCHLD of a child that exits) kills the
+    process with SIGSEGV before any handler runs: the test suite died so, without a traceback, after
+    the OpenVINO tests (tests/test_openvino.py, the signal-stack test). One Core keeps the stacks nested."""
+    return require_openvino().Core()
+
+
 def model_metadata(model) -> dict[str, str]:
     """The boxinst metadata in an openvino.Model's rt_info (the first section of METADATA_SECTIONS
     that has a model_config), as strings, with "quantization" for an INT8 IR
@@ -53,7 +68,6 @@ class OpenVINOEngine:
     engine may be called from several threads."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, precision: str | None = "f32"):
-        ov = require_openvino()
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"'{path}' does not exist")
@@ -63,7 +77,7 @@ class OpenVINOEngine:
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").exists():
             raise FileNotFoundError(f"'{path.with_suffix('.bin')}' (the weights of the OpenVINO IR '{path}') is "
                                     "missing: export it again with `boxinst export --format openvino`")
-        core = ov.Core()
+        core = shared_core()
         model = core.read_model(str(path))
         meta = model_metadata(model)
         if "model_config" not in meta:
