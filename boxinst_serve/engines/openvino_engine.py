@@ -68,6 +68,7 @@ class OpenVINOEngine:
     engine may be called from several threads."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 0, precision: str | None = "f32"):
+        require_openvino()  # names the extra where openvino is missing, whether or not a Core was made before
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"'{path}' does not exist")
