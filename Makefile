@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 # the wheel test and the independent references added that day).
 test: install
 	mkdir -p outputs
-	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q tests
+	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q --durations=25 tests
 
 # Everything but the slow training test: about 17 minutes on the 2-core Intel Xeon (the suite's 27
 # less the slow test's 10), more on the EPYC.
