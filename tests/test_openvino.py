@@ -222,10 +222,11 @@ def test_imported_weights_give_adelaidets_outputs_in_the_openvino_ir(oracle_open
     _check_parity(oracle_openvino_ir, name)
 
 
-# Two engines freed in the order they came, then a signal with a Python handler (SA_ONSTACK, as
-# torch's SIGCHLD handler for data-loader workers): with a Core per engine the thread was left on
-# the first Core's freed signal stack, and the signal killed the process with SIGSEGV (si_code
-# SI_KERNEL) before any handler ran. That is how `make test` died after tests/test_quantize.py.
+# Two engines freed in the order they came, then a signal with a Python handler (CPython runs its
+# handlers on the alternate signal stack, as it ran SIGCHLD's in the suite): with a Core per engine
+# the thread was left on the first Core's freed signal stack, and the signal killed the process with
+# SIGSEGV (si_code SI_KERNEL) before any handler ran. That is how `make test` died in
+# tests/test_quantize.py.
 _SIGNAL_AFTER_TWO_ENGINES = """
 import faulthandler, gc, os, signal, sys, time
 faulthandler.enable()
