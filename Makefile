@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 # The whole suite, the slow box-only training test included: 27 minutes of pytest on a 2-core Intel
 # Xeon (2026-12-04, fresh clone), 10 of them the slow test; on a 2-core AMD EPYC (AVX-512 VNNI) the
 # whole `CI=true bash .ci/run` from a fresh clone took 42 minutes on 2026-12-07 (40 of pytest, with
-# the wheel test and the independent references added that day).
+# the wheel test and the independent references added that day); 43 minutes on 2026-12-08 (pytest
+# 41, the slow test 20 of it).
 test: install
 	mkdir -p outputs
 	BOXINST_SLOW_TEST_REPORT=$(CURDIR)/outputs/slow_test.jsonl $(PY) -m pytest -q --durations=25 tests
